@@ -1,0 +1,36 @@
+"""neuron-cache: the artifact contract (`neuron_config.json`) and the compile cache. No torch here."""
+
+from neuron_cache.__about__ import __version__
+from neuron_cache.artifact import Artifact, sha256_file
+from neuron_cache.config import (
+    CONFIG_NAME,
+    SCHEMA_VERSION,
+    FileEntry,
+    GraphEntry,
+    NeuronConfig,
+    Producer,
+    ShardSpec,
+    Target,
+    TensorSpec,
+    WeightsSpec,
+)
+from neuron_cache.errors import ArtifactError, NeuronConfigError, SchemaVersionError
+
+__all__ = [
+    "CONFIG_NAME",
+    "SCHEMA_VERSION",
+    "Artifact",
+    "ArtifactError",
+    "FileEntry",
+    "GraphEntry",
+    "NeuronConfig",
+    "NeuronConfigError",
+    "Producer",
+    "SchemaVersionError",
+    "ShardSpec",
+    "Target",
+    "TensorSpec",
+    "WeightsSpec",
+    "__version__",
+    "sha256_file",
+]

@@ -1,0 +1,286 @@
+"""`neuron_config.json`: the contract between the compiler side and the runtime.
+
+An artifact is a directory holding this file, the compiled graphs and the weights. Everything a
+runtime needs to run the graphs is here; nothing here needs the model's source code.
+
+Policies, each enforced by `NeuronConfig.from_dict`:
+
+- Unknown fields are rejected (a typo such as ``"tp_degre"`` must not silently become a default).
+  Free-form producer data goes under ``metadata``.
+- ``tp_degree`` (optimum-neuron's name) is accepted on read as an alias of ``tensor_parallel_size``;
+  it is always written as ``tensor_parallel_size``.
+- ``schema_version`` N is first read by neuron-cache 0.N.0 (while the major version is 0). A reader
+  meeting a newer schema refuses it and names the neuron-cache release to upgrade to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from neuron_cache.errors import NeuronConfigError, SchemaVersionError
+from neuron_cache.typed import dataclass_from_json, from_json, to_json
+
+SCHEMA_VERSION = 1
+CONFIG_NAME = "neuron_config.json"
+
+TASKS = ("text-generation", "feature-extraction", "sentence-similarity", "fill-mask", "text-classification")
+DTYPES = ("float32", "bfloat16", "float16")
+GRAPH_ROLES = ("context_encoding", "token_generation", "speculation", "encoder")
+_SHA256 = "[0-9a-f]{64}"
+_REL_PATH = r"(?!/)(?!.*\.\.)[^\\]+"
+
+
+def first_reader_of(schema_version: int) -> str:
+    """The neuron-cache release that first reads `schema_version` (see the module docstring)."""
+    return f"0.{schema_version}.0"
+
+
+@dataclass(kw_only=True, slots=True)
+class Producer:
+    """The package that wrote the artifact."""
+
+    package: str
+    version: str
+
+
+@dataclass(kw_only=True, slots=True)
+class Target:
+    """What the graphs were compiled for."""
+
+    backend: str = field(metadata={"description": "compile backend name, e.g. 'torch-aot' or 'neuron'"})
+    device: str = field(metadata={"description": "device kind: 'cpu', 'cuda', 'trn1', 'trn2', 'inf2'"})
+    compiler_version: str = field(metadata={"description": "version of the compiler that produced the graphs"})
+    torch_version: str
+    instance_type: str | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class TensorSpec:
+    """One static input or output of a compiled graph."""
+
+    name: str
+    shape: list[int] = field(metadata={"items": {"minimum": 0}})
+    dtype: str
+
+
+@dataclass(kw_only=True, slots=True)
+class GraphEntry:
+    """A compiled graph file and its static signature."""
+
+    file: str = field(metadata={"pattern": _REL_PATH, "description": "path relative to the artifact"})
+    sha256: str = field(metadata={"pattern": _SHA256})
+    role: str = field(metadata={"enum": list(GRAPH_ROLES)})
+    bucket: int | None = field(default=None, metadata={"minimum": 1})
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+    mutated_state: list[str] = field(
+        default_factory=list, metadata={"description": "state tensors (KV cache) the graph updates in place"}
+    )
+
+
+@dataclass(kw_only=True, slots=True)
+class ShardSpec:
+    """How a parameter splits across tensor-parallel ranks.
+
+    `partition_dim` None means replicated. `segments` lists the sizes along `partition_dim` of the
+    tensors fused into this one (for example q, k and v in a fused qkv weight): each segment is
+    split across ranks separately, so that every rank holds matching q, k and v heads.
+    """
+
+    partition_dim: int | None = field(default=None, metadata={"minimum": 0})
+    segments: list[int] | None = field(default=None, metadata={"items": {"minimum": 1}})
+
+
+@dataclass(kw_only=True, slots=True)
+class FileEntry:
+    path: str = field(metadata={"pattern": _REL_PATH})
+    sha256: str = field(metadata={"pattern": _SHA256})
+
+
+@dataclass(kw_only=True, slots=True)
+class WeightsSpec:
+    """The weight files (bound to the graphs at load) and the per-parameter sharding plan."""
+
+    files: list[FileEntry]
+    sharding: dict[str, ShardSpec] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True, slots=True)
+class NeuronConfig:
+    """The contents of `neuron_config.json`."""
+
+    schema_version: int = field(metadata={"minimum": 1})
+    producer: Producer
+    task: str = field(metadata={"enum": list(TASKS)})
+    model_type: str
+    architecture: str
+    checkpoint_id: str | None = None
+    checkpoint_revision: str | None = None
+    batch_size: int = field(metadata={"minimum": 1})
+    max_batch_size: int = field(metadata={"minimum": 1})
+    continuous_batching: bool = False
+    sequence_length: int = field(metadata={"minimum": 1})
+    max_context_length: int = field(metadata={"minimum": 1})
+    context_buckets: list[int] = field(metadata={"items": {"minimum": 1}})
+    tensor_parallel_size: int = field(default=1, metadata={"minimum": 1})
+    torch_dtype: str = field(metadata={"enum": list(DTYPES)})
+    on_device_sampling: bool = False
+    max_topk: int = field(default=256, metadata={"minimum": 1})
+    speculation_length: int = field(default=0, metadata={"minimum": 0})
+    quantization: None = field(default=None, metadata={"description": "reserved; must be null in schema 1"})
+    target: Target
+    graphs: dict[str, GraphEntry]
+    weights: WeightsSpec
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    # ---- reading and writing -------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NeuronConfig:
+        if not isinstance(data, dict):
+            raise NeuronConfigError("<root>", data, "must be a JSON object", allowed="an object")
+        data = _check_schema_version(_apply_aliases(dict(data)))
+        config = dataclass_from_json(cls, data)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json(self)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> NeuronConfig:
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise NeuronConfigError("<root>", str(path), f"is not valid JSON ({err})") from err
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        self.validate()
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    def replace(self, **changes: Any) -> NeuronConfig:
+        return replace(self, **changes)
+
+    # ---- cross-field checks ----------------------------------------------------------------
+    def validate(self) -> None:
+        """Checks that involve more than one field (single-field checks happen on read)."""
+        if self.batch_size > self.max_batch_size:
+            raise NeuronConfigError(
+                "batch_size", self.batch_size, f"exceeds max_batch_size ({self.max_batch_size})",
+                allowed=f"1..{self.max_batch_size}", fix="lower batch_size or raise max_batch_size",
+            )
+        if self.max_context_length > self.sequence_length:
+            raise NeuronConfigError(
+                "max_context_length", self.max_context_length,
+                f"exceeds sequence_length ({self.sequence_length})",
+                allowed=f"1..{self.sequence_length}", fix="lower max_context_length or raise sequence_length",
+            )
+        self._validate_buckets()
+        if self.quantization is not None:
+            raise NeuronConfigError("quantization", self.quantization, "is not supported yet", allowed="null")
+        if self.speculation_length >= self.sequence_length:
+            raise NeuronConfigError(
+                "speculation_length", self.speculation_length, f"must be below sequence_length ({self.sequence_length})"
+            )
+        if not self.graphs:
+            raise NeuronConfigError("graphs", self.graphs, "is empty", allowed="at least one compiled graph")
+        for name, graph in self.graphs.items():
+            self._validate_graph(name, graph)
+        for name, spec in self.weights.sharding.items():
+            if spec.segments is not None and spec.partition_dim is None:
+                raise NeuronConfigError(
+                    f"weights.sharding.{name}.segments", spec.segments, "requires a partition_dim",
+                    fix="set partition_dim, or drop segments for a replicated parameter",
+                )
+
+    def _validate_buckets(self) -> None:
+        buckets = self.context_buckets
+        if not buckets:
+            raise NeuronConfigError("context_buckets", buckets, "is empty", allowed="a non-empty increasing list")
+        if sorted(set(buckets)) != buckets:
+            raise NeuronConfigError(
+                "context_buckets", buckets, "must be strictly increasing", fix=f"use {sorted(set(buckets))}"
+            )
+        if buckets[-1] > self.max_context_length:
+            raise NeuronConfigError(
+                "context_buckets", buckets, f"has bucket {buckets[-1]} above max_context_length ({self.max_context_length})",
+                allowed=f"buckets <= {self.max_context_length}",
+                fix="drop the larger buckets or raise max_context_length",
+            )
+        if buckets[-1] != self.max_context_length:
+            raise NeuronConfigError(
+                "context_buckets", buckets,
+                f"must end at max_context_length ({self.max_context_length}) so that every allowed prompt fits a bucket",
+                fix=f"append {self.max_context_length}",
+            )
+
+    def _validate_graph(self, name: str, graph: GraphEntry) -> None:
+        path = f"graphs.{name}"
+        if graph.role == "context_encoding":
+            if graph.bucket is None or graph.bucket not in self.context_buckets:
+                raise NeuronConfigError(
+                    f"{path}.bucket", graph.bucket, "is not one of context_buckets",
+                    allowed=", ".join(map(str, self.context_buckets)),
+                )
+        elif graph.bucket is not None and graph.role != "encoder":
+            raise NeuronConfigError(f"{path}.bucket", graph.bucket, f"must be null for role '{graph.role}'")
+
+    # ---- helpers for runtimes ----------------------------------------------------------------
+    def bucket_for(self, length: int) -> int:
+        """The smallest context bucket that holds a prompt of `length` tokens."""
+        for bucket in self.context_buckets:
+            if length <= bucket:
+                return bucket
+        raise ValueError(
+            f"Prompt of {length} tokens exceeds max_context_length={self.max_context_length} of this artifact; "
+            "shorten the prompt or re-export with a larger --max_context_length."
+        )
+
+    def graphs_by_role(self, role: str) -> dict[str, GraphEntry]:
+        return {k: g for k, g in self.graphs.items() if g.role == role}
+
+
+def _apply_aliases(data: dict[str, Any]) -> dict[str, Any]:
+    if "tp_degree" in data:
+        alias = data.pop("tp_degree")
+        if "tensor_parallel_size" in data and data["tensor_parallel_size"] != alias:
+            raise NeuronConfigError(
+                "tp_degree", alias, f"contradicts tensor_parallel_size ({data['tensor_parallel_size']})",
+                fix="keep only tensor_parallel_size",
+            )
+        data["tensor_parallel_size"] = alias
+    return data
+
+
+def _check_schema_version(data: dict[str, Any]) -> dict[str, Any]:
+    if "schema_version" not in data:
+        raise NeuronConfigError(
+            "schema_version", None, "is required but missing", allowed="an integer",
+            fix=f"add \"schema_version\": {SCHEMA_VERSION}",
+        )
+    version = from_json(int, data["schema_version"], "schema_version")
+    if version > SCHEMA_VERSION:
+        from neuron_cache.__about__ import __version__
+
+        producer = data.get("producer") or {}
+        made_by = f" (written by {producer.get('package')} {producer.get('version')})" if isinstance(producer, dict) else ""
+        raise SchemaVersionError(
+            "schema_version", version,
+            f"is newer than this reader{made_by}: neuron-cache {__version__} reads schema_version <= {SCHEMA_VERSION}",
+            allowed=f"1..{SCHEMA_VERSION}",
+            fix=f"upgrade with: pip install -U 'neuron-cache>={first_reader_of(version)}'",
+        )
+    return data
