@@ -1,0 +1,66 @@
+"""Training models by HF `model_type`, and loading from a checkpoint directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, PretrainedConfig
+
+from neuron_train.models.granite import GraniteForTraining
+from neuron_train.models.llama import LlamaForTraining, TrainOutput
+from neuron_train.models.qwen3 import Qwen3ForTraining
+from neuron_train.parallel.dims import ParallelDims
+
+MODEL_CLASSES: dict[str, type[LlamaForTraining]] = {
+    "llama": LlamaForTraining,
+    "qwen3": Qwen3ForTraining,
+    "granite": GraniteForTraining,
+}
+
+__all__ = ["MODEL_CLASSES", "TrainOutput", "build_model", "load_hf_state_dict", "model_class"]
+
+
+def model_class(config: PretrainedConfig) -> type[LlamaForTraining]:
+    try:
+        return MODEL_CLASSES[config.model_type]
+    except KeyError:
+        raise ValueError(
+            f"model_type={config.model_type!r} has no training model; supported: {sorted(MODEL_CLASSES)}."
+        ) from None
+
+
+def load_hf_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors checkpoint directory (single file or sharded with an index)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (path / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(
+            f"{path} holds no model.safetensors or model.safetensors.index.json; save the model with "
+            "`save_pretrained(..., safe_serialization=True)` first."
+        )
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update(load_file(str(path / f)))
+    return out
+
+
+def build_model(
+    path: str | Path,
+    dims: ParallelDims,
+    *,
+    sequence_parallel: bool = False,
+    gradient_checkpointing: bool = False,
+) -> LlamaForTraining:
+    """The training model for the HF checkpoint at `path`, with this rank's shards loaded."""
+    config = AutoConfig.from_pretrained(path)
+    model = model_class(config)(config, dims, sequence_parallel=sequence_parallel, gradient_checkpointing=gradient_checkpointing)
+    model.load_hf_state_dict(load_hf_state_dict(path))
+    return model
