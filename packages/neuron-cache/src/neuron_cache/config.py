@@ -32,6 +32,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 GRAPH_ROLES = ("context_encoding", "token_generation", "speculation", "encoder")
 _SHA256 = "[0-9a-f]{64}"
 _REL_PATH = r"(?!/)(?!.*\.\.)[^\\]+"
+_SHA256_MEANING = "lowercase hex sha256 digest of the file"
+_REL_PATH_MEANING = "relative path inside the artifact: no leading '/', no '..'"
 
 
 def first_reader_of(schema_version: int) -> str:
@@ -71,8 +73,8 @@ class TensorSpec:
 class GraphEntry:
     """A compiled graph file and its static signature."""
 
-    file: str = field(metadata={"pattern": _REL_PATH, "description": "path relative to the artifact"})
-    sha256: str = field(metadata={"pattern": _SHA256})
+    file: str = field(metadata={"pattern": _REL_PATH, "description": _REL_PATH_MEANING})
+    sha256: str = field(metadata={"pattern": _SHA256, "description": _SHA256_MEANING})
     role: str = field(metadata={"enum": list(GRAPH_ROLES)})
     bucket: int | None = field(default=None, metadata={"minimum": 1})
     inputs: list[TensorSpec] = field(default_factory=list)
@@ -97,8 +99,8 @@ class ShardSpec:
 
 @dataclass(kw_only=True, slots=True)
 class FileEntry:
-    path: str = field(metadata={"pattern": _REL_PATH})
-    sha256: str = field(metadata={"pattern": _SHA256})
+    path: str = field(metadata={"pattern": _REL_PATH, "description": _REL_PATH_MEANING})
+    sha256: str = field(metadata={"pattern": _SHA256, "description": _SHA256_MEANING})
 
 
 @dataclass(kw_only=True, slots=True)
@@ -107,6 +109,9 @@ class WeightsSpec:
 
     files: list[FileEntry]
     sharding: dict[str, ShardSpec] = field(default_factory=dict)
+    aliases: dict[str, str] = field(
+        default_factory=dict, metadata={"description": "graph constant name -> stored tensor name (tied weights)"}
+    )
 
 
 @dataclass(kw_only=True, slots=True)
@@ -135,6 +140,10 @@ class NeuronConfig:
     target: Target
     graphs: dict[str, GraphEntry]
     weights: WeightsSpec
+    state: list[TensorSpec] = field(
+        default_factory=list,
+        metadata={"description": "state tensors (KV cache) the runtime allocates zeroed and shares between graphs"},
+    )
     metadata: dict[str, Any] = field(default_factory=dict)
 
     # ---- reading and writing -------------------------------------------------------------
@@ -158,7 +167,11 @@ class NeuronConfig:
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise NeuronConfigError("<root>", str(path), f"is not valid JSON ({err})") from err
+            # The value is shortened in the message when long, so the problem names the whole path.
+            raise NeuronConfigError(
+                "<root>", str(path), f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno} of {path})",
+                allowed="a JSON object", fix="repair the file or export the artifact again",
+            ) from err
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -177,23 +190,16 @@ class NeuronConfig:
     # ---- cross-field checks ----------------------------------------------------------------
     def validate(self) -> None:
         """Checks that involve more than one field (single-field checks happen on read)."""
-        if self.batch_size > self.max_batch_size:
-            raise NeuronConfigError(
-                "batch_size", self.batch_size, f"exceeds max_batch_size ({self.max_batch_size})",
-                allowed=f"1..{self.max_batch_size}", fix="lower batch_size or raise max_batch_size",
-            )
-        if self.max_context_length > self.sequence_length:
-            raise NeuronConfigError(
-                "max_context_length", self.max_context_length,
-                f"exceeds sequence_length ({self.sequence_length})",
-                allowed=f"1..{self.sequence_length}", fix="lower max_context_length or raise sequence_length",
-            )
-        self._validate_buckets()
+        self.validate_shapes(
+            batch_size=self.batch_size, max_batch_size=self.max_batch_size, sequence_length=self.sequence_length,
+            max_context_length=self.max_context_length, context_buckets=self.context_buckets,
+        )
         if self.quantization is not None:
             raise NeuronConfigError("quantization", self.quantization, "is not supported yet", allowed="null")
         if self.speculation_length >= self.sequence_length:
             raise NeuronConfigError(
-                "speculation_length", self.speculation_length, f"must be below sequence_length ({self.sequence_length})"
+                "speculation_length", self.speculation_length, f"must be below sequence_length ({self.sequence_length})",
+                allowed=f"0..{self.sequence_length - 1}", fix="lower speculation_length or raise sequence_length",
             )
         if not self.graphs:
             raise NeuronConfigError("graphs", self.graphs, "is empty", allowed="at least one compiled graph")
@@ -203,28 +209,49 @@ class NeuronConfig:
             if spec.segments is not None and spec.partition_dim is None:
                 raise NeuronConfigError(
                     f"weights.sharding.{name}.segments", spec.segments, "requires a partition_dim",
+                    allowed="null when partition_dim is null",
                     fix="set partition_dim, or drop segments for a replicated parameter",
                 )
 
-    def _validate_buckets(self) -> None:
-        buckets = self.context_buckets
+    @staticmethod
+    def validate_shapes(
+        *, batch_size: int, max_batch_size: int, sequence_length: int, max_context_length: int, context_buckets: list[int]
+    ) -> None:
+        """The shape rules, usable before a config exists (an exporter checks its options with them)."""
+        for name, value in (("batch_size", batch_size), ("max_batch_size", max_batch_size),
+                            ("sequence_length", sequence_length), ("max_context_length", max_context_length)):
+            if value < 1:
+                raise NeuronConfigError(name, value, "must be >= 1", allowed="positive integers")
+        if batch_size > max_batch_size:
+            raise NeuronConfigError(
+                "batch_size", batch_size, f"exceeds max_batch_size ({max_batch_size})",
+                allowed=f"1..{max_batch_size}", fix="lower batch_size or raise max_batch_size",
+            )
+        if max_context_length > sequence_length:
+            raise NeuronConfigError(
+                "max_context_length", max_context_length, f"exceeds sequence_length ({sequence_length})",
+                allowed=f"1..{sequence_length}", fix="lower max_context_length or raise sequence_length",
+            )
+        buckets = context_buckets
         if not buckets:
             raise NeuronConfigError("context_buckets", buckets, "is empty", allowed="a non-empty increasing list")
+        if min(buckets) < 1:
+            raise NeuronConfigError("context_buckets", buckets, "holds a bucket below 1", allowed="positive sizes")
         if sorted(set(buckets)) != buckets:
             raise NeuronConfigError(
                 "context_buckets", buckets, "must be strictly increasing", fix=f"use {sorted(set(buckets))}"
             )
-        if buckets[-1] > self.max_context_length:
+        if buckets[-1] > max_context_length:
             raise NeuronConfigError(
-                "context_buckets", buckets, f"has bucket {buckets[-1]} above max_context_length ({self.max_context_length})",
-                allowed=f"buckets <= {self.max_context_length}",
+                "context_buckets", buckets, f"has bucket {buckets[-1]} above max_context_length ({max_context_length})",
+                allowed=f"buckets <= {max_context_length}",
                 fix="drop the larger buckets or raise max_context_length",
             )
-        if buckets[-1] != self.max_context_length:
+        if buckets[-1] != max_context_length:
             raise NeuronConfigError(
                 "context_buckets", buckets,
-                f"must end at max_context_length ({self.max_context_length}) so that every allowed prompt fits a bucket",
-                fix=f"append {self.max_context_length}",
+                f"must end at max_context_length ({max_context_length}) so that every allowed prompt fits a bucket",
+                fix=f"append {max_context_length}",
             )
 
     def _validate_graph(self, name: str, graph: GraphEntry) -> None:
@@ -236,7 +263,10 @@ class NeuronConfig:
                     allowed=", ".join(map(str, self.context_buckets)),
                 )
         elif graph.bucket is not None and graph.role != "encoder":
-            raise NeuronConfigError(f"{path}.bucket", graph.bucket, f"must be null for role '{graph.role}'")
+            raise NeuronConfigError(
+                f"{path}.bucket", graph.bucket, f"must be null for role '{graph.role}'", allowed="null",
+                fix="only context_encoding and encoder graphs have a bucket",
+            )
 
     # ---- helpers for runtimes ----------------------------------------------------------------
     def bucket_for(self, length: int) -> int:
@@ -259,6 +289,7 @@ def _apply_aliases(data: dict[str, Any]) -> dict[str, Any]:
         if "tensor_parallel_size" in data and data["tensor_parallel_size"] != alias:
             raise NeuronConfigError(
                 "tp_degree", alias, f"contradicts tensor_parallel_size ({data['tensor_parallel_size']})",
+                allowed=f"{data['tensor_parallel_size']} (the value of tensor_parallel_size)",
                 fix="keep only tensor_parallel_size",
             )
         data["tensor_parallel_size"] = alias
@@ -275,8 +306,10 @@ def _check_schema_version(data: dict[str, Any]) -> dict[str, Any]:
     if version > SCHEMA_VERSION:
         from neuron_cache.__about__ import __version__
 
-        producer = data.get("producer") or {}
-        made_by = f" (written by {producer.get('package')} {producer.get('version')})" if isinstance(producer, dict) else ""
+        producer = data.get("producer")
+        made_by = ""
+        if isinstance(producer, dict) and producer.get("package"):
+            made_by = f" (written by {' '.join(str(producer[k]) for k in ('package', 'version') if producer.get(k))})"
         raise SchemaVersionError(
             "schema_version", version,
             f"is newer than this reader{made_by}: neuron-cache {__version__} reads schema_version <= {SCHEMA_VERSION}",

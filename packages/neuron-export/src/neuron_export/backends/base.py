@@ -1,0 +1,68 @@
+"""The compile-backend interface: trace one graph per role and bucket, compile it, write a file.
+
+A backend never sees weights as part of the graph: every parameter and buffer of the traced module
+is a constant bound at load time, so one compiled graph serves any checkpoint of the same
+architecture and shapes. That is what lets a Neuron backend (per-bucket NEFFs, weights sharded per
+rank at load) sit behind this same interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(kw_only=True, slots=True)
+class GraphJob:
+    """One graph to compile: a module whose `forward` is the graph, and its example inputs."""
+
+    name: str
+    role: str
+    bucket: int | None
+    module: torch.nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: list[str]
+    flags: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True, slots=True)
+class CompiledGraph:
+    """What a backend returns: the file it wrote and the static signature it found."""
+
+    file: Path
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    mutated_state: list[str]
+
+
+class Backend(ABC):
+    name: str
+    file_extension: str = ".pt2"
+
+    @property
+    @abstractmethod
+    def default_target(self) -> str: ...
+
+    @abstractmethod
+    def versions(self) -> dict[str, str]:
+        """compiler_version and torch_version: part of every cache key and of the artifact."""
+
+    def default_flags(self, target: str) -> dict[str, Any]:
+        return {}
+
+    @abstractmethod
+    def compile(self, job: GraphJob, out_file: Path, target: str) -> CompiledGraph:
+        """Trace `job.module` on `job.example_inputs`, compile it for `target`, write `out_file`."""
+
+    @abstractmethod
+    def load(self, file: Path, constants: Mapping[str, torch.Tensor]) -> Callable[..., Any]:
+        """Load a compiled graph and bind its constants (weights, rope tables, KV cache)."""
+
+
+def tensor_spec(name: str, t: Any) -> dict[str, Any]:
+    return {"name": name, "shape": [int(d) for d in t.shape], "dtype": str(t.dtype).removeprefix("torch.")}

@@ -1,0 +1,114 @@
+"""Portable PyTorch ahead-of-time backends.
+
+- `torch-aot` (default): torch.export, then an AOTInductor package compiled to C++ (CPU here, CUDA
+  where present). Constants are *not* baked into the package (`package_constants_in_so=False`):
+  the runtime binds weights and KV cache with `load_constants(..., user_managed=True)`, so graphs
+  sharing the same tensors share weights and cache.
+- `torch-export`: the ExportedProgram alone, run without C++ compilation. ~10x faster to build,
+  meant for tests; the saved program carries its constants, which the loader replaces.
+
+Faster decode kernels (pre-packed weights, dedicated GEMV) slot in here as inductor options or as
+another backend: graphs, artifact layout and runtime stay the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neuron_export.backends.base import Backend, CompiledGraph, GraphJob, tensor_spec
+
+
+def _trace(job: GraphJob) -> torch.export.ExportedProgram:
+    with torch.no_grad():
+        return torch.export.export(job.module, job.example_inputs, strict=False)
+
+
+def _signature(job: GraphJob, ep: torch.export.ExportedProgram) -> tuple[list, list, list]:
+    inputs = [tensor_spec(n, t) for n, t in zip(job.input_names, job.example_inputs)]
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    user_outputs = ep.graph_signature.user_outputs
+    values = [a.meta["val"] for a in out_node.args[0] if getattr(a, "name", None) in user_outputs]
+    names = ["tokens" if v.dtype == torch.int64 else "logits" for v in values]
+    outputs = [tensor_spec(n, v) for n, v in zip(names, values)]
+    mutated = sorted(set(ep.graph_signature.buffers_to_mutate.values()))
+    return inputs, outputs, mutated
+
+
+def _as_list(out: Any) -> list[torch.Tensor]:
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+class TorchAOTBackend(Backend):
+    name = "torch-aot"
+
+    @property
+    def default_target(self) -> str:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def versions(self) -> dict[str, str]:
+        return {"compiler_version": f"inductor-{torch.__version__}", "torch_version": torch.__version__}
+
+    def default_flags(self, target: str) -> dict[str, Any]:
+        return {"aot_inductor.package_constants_in_so": False}
+
+    def compile(self, job: GraphJob, out_file: Path, target: str) -> CompiledGraph:
+        if target not in ("cpu", "cuda"):
+            raise ValueError(f"backend '{self.name}' compiles for target cpu or cuda, not '{target}'")
+        device = torch.device(target)
+        module = job.module.to(device)
+        ep = _trace(GraphJob(**{**_job_fields(job), "example_inputs": tuple(t.to(device) for t in job.example_inputs)}))
+        inputs, outputs, mutated = _signature(job, ep)
+        flags = {**self.default_flags(target), **job.flags}
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(out_file), inductor_configs=flags)
+        module.to("cpu")
+        return CompiledGraph(file=out_file, inputs=inputs, outputs=outputs, mutated_state=mutated)
+
+    def load(self, file: Path, constants: Mapping[str, torch.Tensor]) -> Callable[..., list[torch.Tensor]]:
+        runner = torch._inductor.aoti_load_package(str(file))
+        wanted = runner.get_constant_fqns()
+        runner.load_constants({k: constants[k] for k in wanted}, check_full_update=True, user_managed=True)
+        return lambda *args: _as_list(runner(*args))
+
+
+class TorchExportBackend(Backend):
+    name = "torch-export"
+
+    @property
+    def default_target(self) -> str:
+        return "cpu"
+
+    def versions(self) -> dict[str, str]:
+        return {"compiler_version": f"torch.export-{torch.__version__}", "torch_version": torch.__version__}
+
+    def compile(self, job: GraphJob, out_file: Path, target: str) -> CompiledGraph:
+        ep = _trace(job)
+        inputs, outputs, mutated = _signature(job, ep)
+        torch.export.save(ep, str(out_file))
+        return CompiledGraph(file=out_file, inputs=inputs, outputs=outputs, mutated_state=mutated)
+
+    def load(self, file: Path, constants: Mapping[str, torch.Tensor]) -> Callable[..., list[torch.Tensor]]:
+        module = torch.export.load(str(file)).module()
+        bind_module_constants(module, constants)
+        return lambda *args: _as_list(module(*args))
+
+
+def bind_module_constants(module: torch.nn.Module, constants: Mapping[str, torch.Tensor]) -> None:
+    """Replace every parameter and buffer of an unlifted ExportedProgram module by the given tensors."""
+    names = [n for n, _ in module.named_parameters(remove_duplicate=False)]
+    names += [n for n, _ in module.named_buffers(remove_duplicate=False)]
+    for name in names:
+        owner_name, _, attr = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        tensor = constants[name]
+        if attr in owner._parameters:
+            owner._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
+        else:
+            owner._buffers[attr] = tensor
+
+
+def _job_fields(job: GraphJob) -> dict[str, Any]:
+    return {f: getattr(job, f) for f in GraphJob.__slots__}

@@ -1,0 +1,76 @@
+"""The `neuron-export` command line.
+
+This module must stay cheap to import: `neuron-export --help` answers without importing torch,
+transformers or neuronx_distributed. Heavy modules are imported inside the command body.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _parse_buckets(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        buckets = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 32,64,128") from None
+    if not buckets:
+        raise click.BadParameter("give at least one bucket, e.g. 32,64,128")
+    return buckets
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--model", "-m", required=True, help="Hub model id, local checkpoint directory, or a .gguf file.")
+@click.option("--task", default="auto", help="Task to export for; 'auto' infers it from the checkpoint.")
+@click.option("--batch_size", "--batch-size", type=click.IntRange(min=1), default=1, help="Compiled batch (slots).")
+@click.option("--sequence_length", "--sequence-length", type=click.IntRange(min=1), default=512,
+              help="Total tokens per sequence (prompt + generated): the KV-cache length.")
+@click.option("--max_context_length", "--max-context-length", type=click.IntRange(min=1), default=None,
+              help="Longest prompt; defaults to sequence_length.")
+@click.option("--context_buckets", "--context-buckets", callback=_parse_buckets, default=None,
+              help="Comma-separated prompt buckets; default: powers of two up to max_context_length.")
+@click.option("--tensor_parallel_size", "--tensor-parallel-size", type=click.IntRange(min=1), default=1)
+@click.option("--torch_dtype", "--torch-dtype", type=click.Choice(("auto", *DTYPES)), default="auto",
+              help="Compute dtype; 'auto' keeps the checkpoint's (float32 for GGUF).")
+@click.option("--on-device-sampling/--no-on-device-sampling", default=False,
+              help="Sample inside the graph (top-k/top-p/temperature per row) instead of returning logits.")
+@click.option("--max_topk", "--max-topk", type=click.IntRange(min=1), default=256,
+              help="Largest top_k the on-device sampler supports.")
+@click.option("--backend", default="torch-aot", help="Compile backend (see --list-backends).")
+@click.option("--target", default=None, help="Device target, e.g. cpu, cuda, trn1, inf2; default: the backend's.")
+@click.option("--atol", type=float, default=None, help="Validation tolerance on logits; default depends on dtype.")
+@click.option("--disable-validation", is_flag=True, help="Skip the comparison with transformers' eager model.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom modeling code from the Hub.")
+@click.option("--disable-neuron-cache", is_flag=True, help="Do not read or write the compile cache.")
+@click.option("--cache-url", default=None, envvar="NEURON_COMPILE_CACHE_URL",
+              help="Compile cache location: a path, s3://bucket/prefix or hf://org/repo.")
+@click.option("--list-backends", is_flag=True, help="Print the available backends and exit.")
+@click.argument("output", type=click.Path(file_okay=False), required=False)
+def main(**options: object) -> None:
+    """Compile a Hugging Face model ahead of time into an artifact directory OUTPUT."""
+    if options.pop("list_backends"):
+        from neuron_export.backends import describe_backends
+
+        for line in describe_backends():
+            click.echo(line)
+        return
+    if options["output"] is None:
+        raise click.UsageError("Missing argument 'OUTPUT': the directory to write the artifact into.")
+    from neuron_export.errors import ExportError
+    from neuron_export.export import ExportOptions, export
+
+    try:
+        export(ExportOptions.from_cli(options), log=click.echo)
+    except ExportError as err:
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

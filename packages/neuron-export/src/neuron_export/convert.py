@@ -1,0 +1,110 @@
+"""Hugging Face checkpoint -> the static decoder's parameters, and the tensor-parallel plan.
+
+Conversion fuses q/k/v and gate/up (as listed in each architecture's CHECKPOINT data), resolves
+tied embeddings to one tensor plus an alias, and casts to the compile dtype.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from neuron_export.errors import MissingWeightsError
+from neuron_export.models.decoder import DecoderModel
+from neuron_export.models.llama import Llama
+
+_LAYER = re.compile(r"^layers\.(\d+)\.")
+
+
+def _template(name: str) -> tuple[str, dict[str, str]]:
+    match = _LAYER.match(name)
+    if match is None:
+        return name, {}
+    return _LAYER.sub("layers.{i}.", name, count=1), {"i": match.group(1)}
+
+
+def parameter_names(model: DecoderModel) -> list[str]:
+    """Parameters the graphs need bound, each tensor once (tied weights appear under one name)."""
+    return [n for n, _ in model.named_parameters()]
+
+
+def tied_aliases(model: DecoderModel) -> dict[str, str]:
+    """Alias name -> canonical name, for parameters shared between modules (tied embeddings)."""
+    canonical: dict[int, str] = {}
+    aliases = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in canonical:
+            aliases[name] = canonical[id(p)]
+        else:
+            canonical[id(p)] = name
+    return aliases
+
+
+def convert_checkpoint(
+    family: type[Llama], model: DecoderModel, hf_state: Mapping[str, torch.Tensor], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """Our parameter name -> tensor, built from `hf_state` by the family's CHECKPOINT plan."""
+    out: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+    for name in parameter_names(model):
+        template, fmt = _template(name)
+        if template not in family.CHECKPOINT:
+            raise KeyError(f"{family.__name__}.CHECKPOINT has no entry for parameter template '{template}'")
+        sources = [s.format(**fmt) for s in family.CHECKPOINT[template]]
+        absent = [s for s in sources if s not in hf_state]
+        if absent:
+            missing.extend(absent)
+            continue
+        tensor = torch.cat([hf_state[s] for s in sources], dim=0) if len(sources) > 1 else hf_state[sources[0]]
+        expected = tuple(model.get_parameter(name).shape)
+        if tuple(tensor.shape) != expected:
+            raise MissingWeightsError(
+                f"checkpoint tensor(s) {sources} have shape {tuple(tensor.shape)}, but the config implies "
+                f"{expected} for '{name}': the checkpoint does not match its config.json"
+            )
+        out[name] = tensor.detach().to(dtype).contiguous()
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise MissingWeightsError(
+            f"the checkpoint lacks {len(missing)} tensor(s) the {family.__name__} architecture needs: {shown}. "
+            "Check that the model directory holds all its *.safetensors shards."
+        )
+    return out
+
+
+def sharding_plan(family: type[Llama], model: DecoderModel) -> dict[str, dict]:
+    """Our parameter name -> {"partition_dim": ..., "segments": ...} (neuron_cache ShardSpec fields)."""
+    plan = {}
+    for name in parameter_names(model):
+        template, _ = _template(name)
+        dim, rule = family.SHARDING.get(template, (None, None))
+        plan[name] = {"partition_dim": dim, "segments": family.segments(rule, model.arch)}
+    return plan
+
+
+def shard(tensor: torch.Tensor, partition_dim: int | None, segments: list[int] | None, tp: int) -> list[torch.Tensor]:
+    """Split one parameter across `tp` ranks; each fused segment is split separately."""
+    if partition_dim is None:
+        return [tensor] * tp
+    parts = list(tensor.split(segments, dim=partition_dim)) if segments else [tensor]
+    for part in parts:
+        if part.shape[partition_dim] % tp:
+            raise ValueError(
+                f"cannot shard a size-{part.shape[partition_dim]} segment along dim {partition_dim} over "
+                f"tensor_parallel_size={tp}; choose a tensor_parallel_size that divides it"
+            )
+    chunks = [p.chunk(tp, dim=partition_dim) for p in parts]
+    return [torch.cat([c[r] for c in chunks], dim=partition_dim) for r in range(tp)]
+
+
+def unshard(shards: list[torch.Tensor], partition_dim: int | None, segments: list[int] | None) -> torch.Tensor:
+    if partition_dim is None:
+        return shards[0]
+    tp = len(shards)
+    if not segments:
+        return torch.cat(shards, dim=partition_dim)
+    per_rank = [s // tp for s in segments]
+    pieces = [list(s.split(per_rank, dim=partition_dim)) for s in shards]
+    return torch.cat([torch.cat([p[j] for p in pieces], dim=partition_dim) for j in range(len(segments))], partition_dim)

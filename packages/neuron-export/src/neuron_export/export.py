@@ -1,0 +1,270 @@
+"""Export a Hugging Face causal LM to an artifact: compiled graphs, converted weights, config.
+
+Steps: resolve the model -> read its config -> pick the architecture -> check the shapes ->
+load and convert the checkpoint -> compile one graph per bucket plus token generation -> write
+weights, tokenizer and `neuron_config.json` -> validate against transformers' eager model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neuron_cache import (
+    SCHEMA_VERSION,
+    FileEntry,
+    GraphEntry,
+    NeuronConfig,
+    NeuronConfigError,
+    Producer,
+    ShardSpec,
+    Target,
+    TensorSpec,
+    WeightsSpec,
+    sha256_file,
+)
+from neuron_cache.artifact import GRAPHS_DIR, WEIGHTS_DIR
+from neuron_export.__about__ import __version__
+from neuron_export.backends import GraphJob, get_backend
+from neuron_export.convert import sharding_plan, tied_aliases
+from neuron_export.errors import ExportError, ShapeError, UnsupportedArchitectureError
+from neuron_export.models import family_for, supported_model_types
+from neuron_export.models.build import bind_checkpoint, build_decoder
+from neuron_export.models.spec import StaticShapes
+from neuron_export.source import load_config, load_gguf_model, load_state_dict, load_tokenizer, resolve
+
+Log = Callable[[str], None]
+DEFAULT_ATOL = {"float32": 1e-3, "bfloat16": 0.6, "float16": 0.15}
+_COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+           "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja")
+
+
+@dataclass(kw_only=True, slots=True)
+class ExportOptions:
+    model: str
+    output: str
+    task: str = "auto"
+    batch_size: int = 1
+    sequence_length: int = 512
+    max_context_length: int | None = None
+    context_buckets: list[int] | None = None
+    tensor_parallel_size: int = 1
+    torch_dtype: str = "auto"
+    on_device_sampling: bool = False
+    max_topk: int = 256
+    backend: str = "torch-aot"
+    target: str | None = None
+    atol: float | None = None
+    disable_validation: bool = False
+    trust_remote_code: bool = False
+    disable_neuron_cache: bool = False
+    cache_url: str | None = None
+    revision: str | None = None
+    flags: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_cli(cls, options: dict[str, Any]) -> ExportOptions:
+        return cls(**{k: v for k, v in options.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(kw_only=True, slots=True)
+class ExportResult:
+    output: Path
+    config: NeuronConfig
+    seconds: float
+    compile_seconds: dict[str, float]
+    validation_max_diff: float | None
+
+
+def default_buckets(max_context_length: int, smallest: int = 128) -> list[int]:
+    """Powers of two from `smallest` (NxDI's convention) up to, and ending at, max_context_length."""
+    buckets, b = [], smallest
+    while b < max_context_length:
+        buckets.append(b)
+        b *= 2
+    return [*buckets, max_context_length]
+
+
+def export(options: ExportOptions, log: Log = print) -> ExportResult:
+    start = time.perf_counter()
+    source = resolve(options.model, options.revision)
+    hf_config = load_config(source, options.trust_remote_code)
+    task = _task(options.task, hf_config)
+    family = family_for(hf_config.model_type)
+    dtype = _dtype(options.torch_dtype, hf_config, source.is_gguf)
+    backend = get_backend(options.backend)
+    target = options.target or backend.default_target
+    shapes = _shapes(options, hf_config, dtype)
+    log(f"Exporting {options.model} ({hf_config.model_type}, {family.__name__}) for {task}: batch {shapes.batch_size}, "
+        f"sequence {shapes.sequence_length}, buckets {shapes.context_buckets}, {dtype}, backend {backend.name}/{target}")
+
+    t = time.perf_counter()
+    hf_model = load_gguf_model(source) if source.is_gguf else None
+    hf_state = hf_model.state_dict() if hf_model is not None else load_state_dict(source)
+    family_, model = build_decoder(hf_config, shapes)
+    weights = bind_checkpoint(family_, model, hf_state)
+    log(f"Loaded and converted {len(weights)} tensors in {time.perf_counter() - t:.1f} s")
+
+    out = Path(options.output)
+    (out / GRAPHS_DIR).mkdir(parents=True, exist_ok=True)
+    (out / WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
+    graphs, compile_seconds = _compile_graphs(model, shapes, backend, target, options, out, log)
+
+    weight_file = _write_weights(model, out)
+    _copy_checkpoint_files(source, hf_config, out)
+    config = NeuronConfig(
+        schema_version=SCHEMA_VERSION,
+        producer=Producer(package="neuron-export", version=__version__),
+        task=task,
+        model_type=hf_config.model_type,
+        architecture=(hf_config.architectures or [f"{family.__name__}ForCausalLM"])[0],
+        checkpoint_id=options.model,
+        checkpoint_revision=source.revision,
+        batch_size=shapes.batch_size,
+        max_batch_size=shapes.batch_size,
+        continuous_batching=shapes.batch_size > 1,
+        sequence_length=shapes.sequence_length,
+        max_context_length=shapes.max_context_length,
+        context_buckets=shapes.context_buckets,
+        tensor_parallel_size=options.tensor_parallel_size,
+        torch_dtype=dtype,
+        on_device_sampling=shapes.on_device_sampling,
+        max_topk=shapes.max_topk,
+        target=Target(backend=backend.name, device=target, **backend.versions()),
+        graphs=graphs,
+        weights=WeightsSpec(
+            files=[FileEntry(path=weight_file, sha256=sha256_file(out / weight_file))],
+            sharding={k: ShardSpec(**v) for k, v in sharding_plan(family_, model).items()},
+            aliases=tied_aliases(model),
+        ),
+        state=[TensorSpec(name=n, shape=list(b.shape), dtype=str(b.dtype).removeprefix("torch."))
+               for n, b in model.named_buffers() if n in set(model.state_names())],
+        metadata={"eos_token_id": getattr(hf_config, "eos_token_id", None)},
+    )
+    config.save(out)
+
+    max_diff = None
+    if not options.disable_validation:
+        from neuron_export.validate import validate_artifact
+
+        atol = options.atol if options.atol is not None else DEFAULT_ATOL[dtype]
+        max_diff = validate_artifact(out, hf_config, hf_state, hf_model, backend, atol, log)
+    seconds = time.perf_counter() - start
+    log(f"Artifact written to {out} in {seconds:.1f} s")
+    return ExportResult(output=out, config=config, seconds=seconds, compile_seconds=compile_seconds,
+                        validation_max_diff=max_diff)
+
+
+def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: ExportOptions, out: Path, log: Log):
+    jobs = [("context_encoding", b) for b in shapes.context_buckets] + [("token_generation", None)]
+    graphs: dict[str, GraphEntry] = {}
+    seconds: dict[str, float] = {}
+    for i, (role, bucket) in enumerate(jobs, 1):
+        name = role if bucket is None else f"{role}_{bucket}"
+        model.role = role
+        model.reset_state()
+        job = GraphJob(name=name, role=role, bucket=bucket, module=model,
+                       example_inputs=model.example_inputs(role, bucket), input_names=model.input_names(role),
+                       flags=dict(options.flags))
+        rel = f"{GRAPHS_DIR}/{name}{backend.file_extension}"
+        log(f"[{i}/{len(jobs)}] compiling {name} ...")
+        t = time.perf_counter()
+        compiled = backend.compile(job, out / rel, target)
+        seconds[name] = time.perf_counter() - t
+        log(f"[{i}/{len(jobs)}] {name} done in {seconds[name]:.1f} s")
+        graphs[name] = GraphEntry(
+            file=rel, sha256=sha256_file(out / rel), role=role, bucket=bucket,
+            inputs=[TensorSpec(**s) for s in compiled.inputs], outputs=[TensorSpec(**s) for s in compiled.outputs],
+            mutated_state=compiled.mutated_state or model.state_names(),
+        )
+    model.reset_state()
+    return graphs, seconds
+
+
+def _write_weights(model, out: Path) -> str:
+    """Every constant the graphs bind except the KV cache: parameters (each tensor once) and rope tables."""
+    from safetensors.torch import save_file
+
+    state = set(model.state_names())
+    tensors = {n: p.detach().contiguous() for n, p in model.named_parameters()}
+    tensors.update({n: b.contiguous() for n, b in model.named_buffers() if n not in state})
+    rel = f"{WEIGHTS_DIR}/model.safetensors"
+    save_file(tensors, str(out / rel), metadata={"format": "pt", "producer": f"neuron-export {__version__}"})
+    return rel
+
+
+def _copy_checkpoint_files(source, hf_config, out: Path) -> None:
+    if source.is_gguf:
+        tokenizer = load_tokenizer(source)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+        hf_config.save_pretrained(out)
+        _save_generation_config(hf_config, out)
+        return
+    for name in _COPIED:
+        if (source.directory / name).is_file():
+            shutil.copy2(source.directory / name, out / name)
+    if not (out / "generation_config.json").is_file():
+        _save_generation_config(hf_config, out)
+
+
+def _save_generation_config(hf_config, out: Path) -> None:
+    from transformers import GenerationConfig
+
+    GenerationConfig.from_model_config(hf_config).save_pretrained(out)
+
+
+def _task(task: str, hf_config) -> str:
+    if task not in ("auto", "text-generation"):
+        raise ExportError(f"--task {task!r} is not supported yet; supported: text-generation (or auto)")
+    archs = hf_config.architectures or []
+    if task == "auto" and archs and not any(a.endswith("ForCausalLM") for a in archs):
+        raise UnsupportedArchitectureError(
+            f"architecture {archs[0]} is not a causal LM; neuron-export supports causal LMs of model types "
+            f"{', '.join(supported_model_types())}"
+        )
+    return "text-generation"
+
+
+def _dtype(requested: str, hf_config, is_gguf: bool) -> str:
+    if requested != "auto":
+        return requested
+    if is_gguf:
+        return "float32"  # GGUF tensors are dequantized to float32 by transformers
+    dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None) or torch.float32
+    name = str(dtype).removeprefix("torch.")
+    return name if name in DEFAULT_ATOL else "float32"
+
+
+def _shapes(options: ExportOptions, hf_config, dtype: str) -> StaticShapes:
+    max_ctx = options.max_context_length or options.sequence_length
+    buckets = options.context_buckets or default_buckets(max_ctx)
+    if options.max_context_length is None and options.context_buckets:
+        max_ctx = buckets[-1]
+    max_pos = getattr(hf_config, "max_position_embeddings", None)
+    if max_pos is not None and options.sequence_length > max_pos:
+        raise ShapeError(
+            f"--sequence_length {options.sequence_length} exceeds the model's max_position_embeddings ({max_pos}); "
+            f"use --sequence_length <= {max_pos}"
+        )
+    if options.tensor_parallel_size != 1:
+        raise ShapeError(
+            f"--tensor_parallel_size {options.tensor_parallel_size}: this backend runs graphs on one device; "
+            "the artifact records the sharding plan, but multi-rank execution needs the neuron backend. Use 1."
+        )
+    # The artifact contract owns the shape rules; reuse them to report impossible shapes early.
+    probe = {"batch_size": options.batch_size, "max_batch_size": options.batch_size,
+             "sequence_length": options.sequence_length, "max_context_length": max_ctx, "context_buckets": buckets}
+    try:
+        NeuronConfig.validate_shapes(**probe)
+    except NeuronConfigError as err:
+        raise ShapeError(str(err).replace("neuron_config field", "option")) from None
+    return StaticShapes(batch_size=options.batch_size, sequence_length=options.sequence_length,
+                        context_buckets=buckets, dtype=dtype, on_device_sampling=options.on_device_sampling,
+                        max_topk=options.max_topk)

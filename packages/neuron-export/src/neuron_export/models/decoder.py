@@ -1,0 +1,270 @@
+"""The static-shape Llama-family decoder that every architecture in this package instantiates.
+
+Two graphs are traced from one module (see `DecoderModel.role`):
+
+- context encoding: one prompt of `bucket` tokens (batch 1, positions 0..bucket-1) written into
+  the KV-cache row `seq_id`; returns the logits (or the sampled token) at `last_index`;
+- token generation: one token for every slot of the batch at per-row `positions`.
+
+The KV cache is module state (buffers) of shape (batch, kv_heads, sequence_length, head_dim)
+per layer, updated in place; weights, rope tables and caches are all bound at load time, so the
+compiled graph carries no weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuron_export.models.sampling import sample_on_device
+from neuron_export.models.spec import DecoderArch, StaticShapes
+
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same order of operations as transformers: normalise in fp32, cast, then scale.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] channels of x (B, heads, T, head_dim); cos/sin (B, 1, T, rot)."""
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x1, x2 = x_rot[..., : rot // 2], x_rot[..., rot // 2 :]
+    rotated = torch.cat((-x2, x1), dim=-1)
+    out = x_rot * cos + rotated * sin
+    return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
+
+
+class Attention(nn.Module):
+    def __init__(self, arch: DecoderArch, shapes: StaticShapes, layer: int):
+        super().__init__()
+        self.arch, self.layer = arch, layer
+        hd, nh, nkv = arch.head_dim, arch.num_heads, arch.num_kv_heads
+        self.qkv_proj = nn.Linear(arch.hidden_size, (nh + 2 * nkv) * hd, bias=arch.qkv_bias)
+        self.o_proj = nn.Linear(nh * hd, arch.hidden_size, bias=arch.o_bias)
+        if arch.qk_norm:
+            self.q_norm = RMSNorm(hd, arch.rms_norm_eps)
+            self.k_norm = RMSNorm(hd, arch.rms_norm_eps)
+        cache_shape = (shapes.batch_size, nkv, shapes.sequence_length, hd)
+        dtype = getattr(torch, shapes.dtype)
+        self.register_buffer("k_cache", torch.zeros(cache_shape, dtype=dtype))
+        self.register_buffer("v_cache", torch.zeros(cache_shape, dtype=dtype))
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x (B, T, hidden) -> q (B, nh, T, hd), k and v (B, nkv, T, hd), rope and norms applied."""
+        a = self.arch
+        B, T, _ = x.shape
+        q, k, v = self.qkv_proj(x).split(
+            [a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim, a.num_kv_heads * a.head_dim], dim=-1
+        )
+        q = q.view(B, T, a.num_heads, a.head_dim).transpose(1, 2)
+        k = k.view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
+        v = v.view(B, T, a.num_kv_heads, a.head_dim).transpose(1, 2)
+        if a.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if a.uses_rope(self.layer):
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Grouped-query attention without repeating k/v: q (B, nh, T, hd), k/v (B, nkv, S, hd)."""
+        a = self.arch
+        B, _, T, hd = q.shape
+        groups = a.num_heads // a.num_kv_heads
+        q = q.reshape(B, a.num_kv_heads, groups * T, hd)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * a.scale  # (B, nkv, groups*T, S)
+        scores = scores.view(B, a.num_kv_heads, groups, T, -1).masked_fill(~mask[:, None, None], float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).view(B, a.num_kv_heads, groups * T, -1)
+        out = torch.matmul(probs, v).view(B, a.num_heads, T, hd)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, a.num_heads * hd))
+
+    def context_encoding(self, x, cos, sin, seq_id, mask):
+        q, k, v = self.project(x, cos, sin)
+        T = x.shape[1]
+        kv_heads = torch.arange(self.arch.num_kv_heads, device=x.device)
+        pos = torch.arange(T, device=x.device)
+        index = (seq_id.view(1, 1, 1), kv_heads.view(1, -1, 1), pos.view(1, 1, -1))
+        self.k_cache.index_put_(index, k)
+        self.v_cache.index_put_(index, v)
+        return self.attend(q, k, v, mask)
+
+    def token_generation(self, x, cos, sin, positions, mask):
+        q, k, v = self.project(x, cos, sin)
+        B = x.shape[0]
+        rows = torch.arange(B, device=x.device)
+        kv_heads = torch.arange(self.arch.num_kv_heads, device=x.device)
+        index = (rows.view(-1, 1), kv_heads.view(1, -1), positions.view(-1, 1))
+        self.k_cache.index_put_(index, k[:, :, 0])
+        self.v_cache.index_put_(index, v[:, :, 0])
+        return self.attend(q, self.k_cache, self.v_cache, mask)
+
+
+class MLP(nn.Module):
+    def __init__(self, arch: DecoderArch):
+        super().__init__()
+        self.intermediate = arch.intermediate_size
+        self.gate_up_proj = nn.Linear(arch.hidden_size, 2 * arch.intermediate_size, bias=arch.mlp_bias)
+        self.down_proj = nn.Linear(arch.intermediate_size, arch.hidden_size, bias=arch.mlp_bias)
+        self.act = ACTIVATIONS[arch.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        return self.down_proj(self.act(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, arch: DecoderArch, shapes: StaticShapes, layer: int):
+        super().__init__()
+        self.residual_multiplier = arch.residual_multiplier
+        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.attn = Attention(arch, shapes, layer)
+        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.mlp = MLP(arch)
+
+    def forward(self, x: torch.Tensor, attn_fn) -> torch.Tensor:
+        x = x + attn_fn(self.attn, self.input_layernorm(x)) * self.residual_multiplier
+        return x + self.mlp(self.post_attention_layernorm(x)) * self.residual_multiplier
+
+
+class DecoderModel(nn.Module):
+    """The static-shape decoder. Set `role` before tracing to pick the graph `forward` traces."""
+
+    ROLES = ("context_encoding", "token_generation")
+
+    def __init__(self, arch: DecoderArch, shapes: StaticShapes):
+        super().__init__()
+        self.arch, self.shapes = arch, shapes
+        self.role = "token_generation"
+        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(arch, shapes, i) for i in range(arch.num_layers))
+        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
+        if arch.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        rot = arch.rotary_dim or arch.head_dim
+        dtype = getattr(torch, shapes.dtype)
+        self.register_buffer("rope_cos", torch.zeros(shapes.sequence_length, rot, dtype=dtype))
+        self.register_buffer("rope_sin", torch.zeros(shapes.sequence_length, rot, dtype=dtype))
+
+    # ---- graph entry points ------------------------------------------------------------------
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.role == "context_encoding":
+            return self.context_encoding(*inputs)
+        return self.token_generation(*inputs)
+
+    def context_encoding(self, input_ids, seq_id, last_index, sampling_params=None, rand=None):
+        """input_ids (1, bucket), seq_id (1,), last_index (1,) -> logits (1, vocab) or token (1,)."""
+        T = input_ids.shape[1]
+        pos = torch.arange(T, device=input_ids.device)
+        cos, sin = self.rope_cos[:T][None, None], self.rope_sin[:T][None, None]
+        masks = self._masks(pos.view(1, -1, 1), pos.view(1, 1, -1))
+
+        def attn(module: Attention, h):
+            return module.context_encoding(h, cos, sin, seq_id, masks[module.layer])
+
+        hidden = self._run_layers(input_ids, attn)
+        hidden = hidden.index_select(1, last_index)
+        return self._head(hidden[:, 0], sampling_params, rand)
+
+    def token_generation(self, input_ids, positions, sampling_params=None, rand=None):
+        """input_ids (batch, 1), positions (batch,) -> logits (batch, vocab) or tokens (batch,)."""
+        cos = self.rope_cos.index_select(0, positions)[:, None, None]
+        sin = self.rope_sin.index_select(0, positions)[:, None, None]
+        key_pos = torch.arange(self.shapes.sequence_length, device=input_ids.device)
+        masks = self._masks(positions.view(-1, 1, 1), key_pos.view(1, 1, -1))
+
+        def attn(module: Attention, h):
+            return module.token_generation(h, cos, sin, positions, masks[module.layer])
+
+        hidden = self._run_layers(input_ids, attn)
+        return self._head(hidden[:, 0], sampling_params, rand)
+
+    # ---- pieces ------------------------------------------------------------------------------
+    def _masks(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> list[torch.Tensor]:
+        """One boolean mask (B, T, S) per layer: causal, plus the layer's sliding window if any."""
+        causal = k_pos <= q_pos
+        cache: dict[int | None, torch.Tensor] = {None: causal}
+        out = []
+        for layer in range(self.arch.num_layers):
+            window = self.arch.sliding_window(layer)
+            if window not in cache:
+                cache[window] = causal & (k_pos > q_pos - window)
+            out.append(cache[window])
+        return out
+
+    def _run_layers(self, input_ids: torch.Tensor, attn_fn) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids) * self.arch.embedding_multiplier
+        for layer in self.layers:
+            hidden = layer(hidden, attn_fn)
+        return self.norm(hidden)
+
+    def _head(self, hidden: torch.Tensor, sampling_params, rand) -> torch.Tensor:
+        logits = self.lm_head(hidden).float()
+        if self.arch.logits_divisor != 1.0:
+            logits = logits / self.arch.logits_divisor
+        if self.shapes.on_device_sampling:
+            return sample_on_device(logits, sampling_params, rand, self.shapes.max_topk)
+        return logits
+
+    # ---- export-time helpers -----------------------------------------------------------------
+    def example_inputs(self, role: str, bucket: int | None = None) -> tuple[torch.Tensor, ...]:
+        B = self.shapes.batch_size
+        if role == "context_encoding":
+            assert bucket is not None
+            inputs = (torch.zeros(1, bucket, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                      torch.full((1,), bucket - 1, dtype=torch.long))
+            rows = 1
+        else:
+            inputs = (torch.zeros(B, 1, dtype=torch.long), torch.zeros(B, dtype=torch.long))
+            rows = B
+        if self.shapes.on_device_sampling:
+            params = torch.tensor([[1.0, 1.0, 1.0]]).repeat(rows, 1)
+            inputs = (*inputs, params, torch.zeros(rows))
+        return inputs
+
+    def input_names(self, role: str) -> list[str]:
+        names = ["input_ids", "seq_id", "last_index"] if role == "context_encoding" else ["input_ids", "positions"]
+        return names + (["sampling_params", "rand"] if self.shapes.on_device_sampling else [])
+
+    def state_names(self) -> list[str]:
+        return [n for n, _ in self.named_buffers() if n.endswith(("k_cache", "v_cache"))]
+
+    def reset_state(self) -> None:
+        # Buffer values at export time become the compiled graph's initial state: keep them zero.
+        for name, buf in self.named_buffers():
+            if name.endswith(("k_cache", "v_cache")):
+                buf.zero_()
+
+
+def rope_tables(hf_config: Any, arch: DecoderArch, sequence_length: int, dtype: torch.dtype):
+    """cos/sin tables (sequence_length, rotary_dim), computed exactly as transformers does."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    rope_type = params.get("rope_type", "default")
+    if rope_type == "default":
+        rot = arch.rotary_dim or arch.head_dim
+        base = params.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
+        inv_freq = 1.0 / (base ** (torch.arange(0, rot, 2, dtype=torch.int64).float() / rot))
+        scaling = 1.0
+    else:
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu")
+    pos = torch.arange(sequence_length, dtype=torch.float32)
+    freqs = pos[:, None] * inv_freq[None, :].float()
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
+

@@ -1,0 +1,97 @@
+"""Check a freshly compiled artifact against transformers' eager model on a probe prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neuron_cache import NeuronConfig
+from neuron_export.backends import Backend
+from neuron_export.errors import ValidationFailedError
+
+DECODE_STEPS = 4
+
+
+def load_constants(root: Path, config: NeuronConfig) -> dict[str, torch.Tensor]:
+    """Weights, aliases (tied tensors) and zeroed state, keyed by the graphs' constant names."""
+    from safetensors.torch import load_file
+
+    constants: dict[str, torch.Tensor] = {}
+    for f in config.weights.files:
+        constants.update(load_file(root / f.path))
+    for alias, name in config.weights.aliases.items():
+        constants[alias] = constants[name]
+    for spec in config.state:
+        constants[spec.name] = torch.zeros(spec.shape, dtype=getattr(torch, spec.dtype))
+    return constants
+
+
+def _reference_model(hf_config: Any, hf_state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    model.load_state_dict(hf_state, strict=False)
+    if getattr(hf_config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model.eval()
+
+
+def validate_artifact(
+    root: Path, hf_config: Any, hf_state: Mapping[str, torch.Tensor], hf_model: torch.nn.Module | None,
+    backend: Backend, atol: float, log: Callable[[str], None],
+) -> float:
+    """Max abs logit difference over a prefill and a few decode steps; raises above `atol`."""
+    config = NeuronConfig.load(root)
+    dtype = getattr(torch, config.torch_dtype)
+    constants = load_constants(root, config)
+    n = min(12, config.max_context_length - 1, config.sequence_length - DECODE_STEPS - 1)
+    bucket = config.bucket_for(n)
+    prefill = backend.load(root / config.graphs[f"context_encoding_{bucket}"].file, constants)
+    decode = backend.load(root / config.graphs["token_generation"].file, constants)
+    ref_model = (hf_model.to(dtype) if hf_model is not None else _reference_model(hf_config, hf_state, dtype))
+    ids = (torch.arange(n) * 7919 + 13) % config_vocab(hf_config)
+    sampling = config.on_device_sampling
+    greedy = lambda rows: (torch.tensor([[1.0, 1.0, 1.0]]).repeat(rows, 1), torch.zeros(rows))  # noqa: E731
+
+    padded = torch.zeros(1, bucket, dtype=torch.long)
+    padded[0, :n] = ids
+    extra = greedy(1) if sampling else ()
+    with torch.no_grad():
+        ours = prefill(padded, torch.tensor([0]), torch.tensor([n - 1]), *extra)[0]
+        seq = ids.view(1, -1)
+        worst = 0.0
+        for step in range(DECODE_STEPS + 1):
+            ref = ref_model(seq).logits[0, -1].float()
+            if sampling:
+                if int(ours[0]) != int(ref.argmax()):
+                    raise ValidationFailedError(
+                        f"on-device greedy token {int(ours[0])} != transformers' argmax {int(ref.argmax())} at step {step}"
+                    )
+                nxt = int(ours[0])
+            else:
+                worst = max(worst, (ours[0].float() - ref).abs().max().item())
+                nxt = int(ref.argmax())
+            if step == DECODE_STEPS:
+                break
+            seq = torch.cat([seq, torch.tensor([[nxt]])], dim=1)
+            tokens = torch.zeros(config.batch_size, 1, dtype=torch.long)
+            tokens[0, 0] = nxt
+            positions = torch.zeros(config.batch_size, dtype=torch.long)
+            positions[0] = seq.shape[1] - 1
+            extra = greedy(config.batch_size) if sampling else ()
+            ours = decode(tokens, positions, *extra)[0]
+    what = "greedy tokens identical" if sampling else f"max |logit diff| = {worst:.3g} (atol {atol:g})"
+    log(f"Validation against transformers ({config.torch_dtype}, prefill + {DECODE_STEPS} decode steps): {what}")
+    if worst > atol:
+        raise ValidationFailedError(
+            f"compiled graphs differ from transformers by {worst:.3g} > atol {atol:g}. Re-export with a larger --atol "
+            "if this dtype needs it, or report a bug with the model id."
+        )
+    return worst
+
+
+def config_vocab(hf_config: Any) -> int:
+    return int(hf_config.vocab_size)
