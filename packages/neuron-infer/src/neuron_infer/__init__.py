@@ -1,5 +1,8 @@
-"""neuron_infer."""
+"""neuron-infer: run compiled artifacts (graphs plus weights) without model source code."""
 
 from neuron_infer.__about__ import __version__
+from neuron_infer.modeling import NeuronModelForCausalLM
+from neuron_infer.runtime import DecoderRuntime
+from neuron_infer.sampling import SamplingParams
 
-__all__ = ["__version__"]
+__all__ = ["DecoderRuntime", "NeuronModelForCausalLM", "SamplingParams", "__version__"]

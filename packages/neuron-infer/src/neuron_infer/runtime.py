@@ -1,0 +1,114 @@
+"""DecoderRuntime: an artifact's graphs bound to one set of weights and one KV cache.
+
+Slots are the rows of the compiled batch (the KV-cache rows). `prefill` runs a prompt through the
+context-encoding graph of the smallest bucket that fits and writes that slot's cache rows;
+`decode` advances every slot by one token at its own position.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+
+from neuron_cache import Artifact, NeuronConfig
+from neuron_infer.graphs import Graph, load_graph
+
+
+def check_compatible(config: NeuronConfig, root: Path) -> None:
+    """Refuse artifacts this runtime cannot run, naming what differs and the fix."""
+    if config.task != "text-generation":
+        raise ValueError(f"{root} holds a '{config.task}' artifact; NeuronModelForCausalLM runs 'text-generation'")
+    target = config.target
+    if target.torch_version != torch.__version__:
+        raise RuntimeError(
+            f"{root} was compiled with torch {target.torch_version} ({target.backend}), but this process runs torch "
+            f"{torch.__version__}. Compiled graphs are tied to the torch that built them: install "
+            f"torch=={target.torch_version.split('+')[0]} or re-export the model with this torch."
+        )
+    if target.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{root} was compiled for cuda, but no CUDA device is available here; re-export with --target cpu")
+    if target.device not in ("cpu", "cuda"):
+        raise RuntimeError(
+            f"{root} was compiled for '{target.device}' with backend '{target.backend}'; this machine runs cpu/cuda "
+            "graphs only. Re-export with --backend torch-aot."
+        )
+    if config.tensor_parallel_size != 1:
+        raise RuntimeError(f"tensor_parallel_size={config.tensor_parallel_size} artifacts need a multi-rank runtime")
+
+
+class DecoderRuntime:
+    def __init__(self, artifact: Artifact):
+        self.root, self.config = artifact.root, artifact.config
+        check_compatible(self.config, self.root)
+        self.constants = self._load_constants()
+        self._lock = threading.Lock()
+        self._prefill: dict[int, Graph] = {}
+        self._decode = self._load("token_generation")
+
+    # ---- loading -------------------------------------------------------------------------------
+    def _load_constants(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        constants: dict[str, torch.Tensor] = {}
+        for f in self.config.weights.files:
+            constants.update(load_file(self.root / f.path))
+        for alias, name in self.config.weights.aliases.items():
+            constants[alias] = constants[name]
+        for spec in self.config.state:
+            constants[spec.name] = torch.zeros(spec.shape, dtype=getattr(torch, spec.dtype))
+        return constants
+
+    def _load(self, name: str) -> Graph:
+        entry = self.config.graphs[name]
+        return load_graph(self.config.target.backend, self.root / entry.file, self.constants)
+
+    def prefill_graph(self, bucket: int) -> Graph:
+        # Buckets load on first use: a short-prompt workload never pays for the large ones.
+        with self._lock:
+            if bucket not in self._prefill:
+                self._prefill[bucket] = self._load(f"context_encoding_{bucket}")
+            return self._prefill[bucket]
+
+    def warmup(self) -> None:
+        for bucket in self.config.context_buckets:
+            self.prefill_graph(bucket)
+
+    # ---- execution -----------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def vocab_size(self) -> int | None:
+        for out in self.config.graphs["token_generation"].outputs:
+            if out.name == "logits":
+                return out.shape[-1]
+        return None
+
+    def prefill(self, prompt: torch.Tensor, slot: int, sampling: torch.Tensor | None = None,
+                rand: torch.Tensor | None = None) -> torch.Tensor:
+        """prompt (n,) int -> logits (vocab,) float32, or the sampled token () with on-device sampling."""
+        n = int(prompt.shape[0])
+        if n == 0:
+            raise ValueError("cannot prefill an empty prompt")
+        if not 0 <= slot < self.batch_size:
+            raise ValueError(f"slot {slot} is outside the compiled batch (0..{self.batch_size - 1})")
+        bucket = self.config.bucket_for(n)
+        ids = torch.zeros(1, bucket, dtype=torch.long)
+        ids[0, :n] = prompt
+        args = [ids, torch.tensor([slot]), torch.tensor([n - 1])]
+        if self.config.on_device_sampling:
+            args += [sampling.view(1, 3), rand.view(1)]
+        with torch.no_grad():
+            return self.prefill_graph(bucket)(*args)[0][0]
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, sampling: torch.Tensor | None = None,
+               rand: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (batch,), positions (batch,) -> logits (batch, vocab), or tokens (batch,) on device."""
+        args = [tokens.view(-1, 1).long(), positions.long()]
+        if self.config.on_device_sampling:
+            args += [sampling, rand]
+        with torch.no_grad():
+            return self._decode(*args)[0]
