@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +44,3 @@ def neuron_config(**changes: Any) -> dict[str, Any]:
     config.update(changes)
     return config
 
-
-def run_worker(*args: str, timeout: float = 60) -> dict[str, Any]:
-    """Run tests/cache/_worker.py to completion; its last stdout line is JSON."""
-    proc = subprocess.run([sys.executable, str(WORKER), *args], capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"worker {args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
