@@ -239,7 +239,8 @@ class NeuronConfig:
             raise NeuronConfigError("context_buckets", buckets, "holds a bucket below 1", allowed="positive sizes")
         if sorted(set(buckets)) != buckets:
             raise NeuronConfigError(
-                "context_buckets", buckets, "must be strictly increasing", fix=f"use {sorted(set(buckets))}"
+                "context_buckets", buckets, "must be strictly increasing",
+                allowed="a strictly increasing list of integers", fix=f"use {sorted(set(buckets))}",
             )
         if buckets[-1] > max_context_length:
             raise NeuronConfigError(
@@ -251,6 +252,7 @@ class NeuronConfig:
             raise NeuronConfigError(
                 "context_buckets", buckets,
                 f"must end at max_context_length ({max_context_length}) so that every allowed prompt fits a bucket",
+                allowed=f"a list whose last bucket is {max_context_length}",
                 fix=f"append {max_context_length}",
             )
 

@@ -35,9 +35,11 @@ def _describe(tp: Any) -> str:
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
     if origin is dict:
-        return f"an object of {_describe(typing.get_args(tp)[1])}"
+        return f"an object whose values are {_describe(typing.get_args(tp)[1])}"
     if dataclasses.is_dataclass(tp):
         return f"an object ({tp.__name__})"
+    if tp is Any:
+        return "any JSON value"
     return _JSON_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -49,7 +51,8 @@ def _check_constraints(path: str, value: Any, meta: typing.Mapping[str, Any]) ->
     if "minimum" in meta and isinstance(value, (int, float)) and value < meta["minimum"]:
         raise NeuronConfigError(path, value, f"must be >= {meta['minimum']}", allowed=f"values >= {meta['minimum']}")
     if "pattern" in meta and isinstance(value, str) and not re.fullmatch(meta["pattern"], value):
-        raise NeuronConfigError(path, value, "has the wrong format", allowed=f"strings matching {meta['pattern']}")
+        meaning = f" ({meta['description']})" if "description" in meta else ""
+        raise NeuronConfigError(path, value, "has the wrong format", allowed=f"strings matching {meta['pattern']}{meaning}")
 
 
 def from_json(tp: Any, value: Any, path: str) -> Any:
@@ -157,6 +160,15 @@ def json_schema_of(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
     return {"type": _JSON_NAMES[tp]}
 
 
+def _with_item_constraints(prop: dict[str, Any], items: dict[str, Any]) -> dict[str, Any]:
+    """Add `items` constraints to an array schema, also inside the `anyOf` of an optional list."""
+    if "items" in prop:
+        return {**prop, "items": {**prop["items"], **items}}
+    if "anyOf" in prop:
+        return {**prop, "anyOf": [_with_item_constraints(option, items) for option in prop["anyOf"]]}
+    return prop
+
+
 def _dataclass_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     required = []
@@ -164,8 +176,11 @@ def _dataclass_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
     for f in dataclasses.fields(cls):
         prop = json_schema_of(types_[f.name], defs)
         constraints = {k: v for k, v in f.metadata.items() if k in ("minimum", "enum", "pattern", "description")}
-        if "items" in f.metadata and "items" in prop:
-            prop["items"] = {**prop["items"], **f.metadata["items"]}
+        if "pattern" in constraints:
+            # JSON Schema patterns match anywhere in the string; the reader's match the whole string.
+            constraints["pattern"] = f"^(?:{constraints['pattern']})$"
+        if "items" in f.metadata:
+            prop = _with_item_constraints(prop, f.metadata["items"])
         prop = {**prop, **constraints}
         props[f.name] = prop
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
