@@ -58,3 +58,14 @@ def rank() -> int:
 
 def write_json(name: str, data: dict) -> None:
     (out_dir() / name).write_text(json.dumps(data, indent=1))
+
+
+def synthetic_dataset(n: int = 64, vocab_size: int = 256, seed: int = 0) -> list[dict[str, list[int]]]:
+    """Random sequences of uneven length whose first 4 tokens are an unlabelled 'prompt'."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(8, 25, (1,), generator=g))
+        ids = torch.randint(1, vocab_size, (length,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * 4 + ids[4:]})
+    return out

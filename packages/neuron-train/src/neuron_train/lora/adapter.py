@@ -1,0 +1,141 @@
+"""LoRA on the parallel linears, sharded like its host layer, saved in PEFT's format.
+
+Adapters are named after the Hugging Face modules they adapt (q_proj, k_proj, ...), even where the
+host fuses several of them: a fused qkv_proj carries one (A, B) pair per targeted segment, so the
+math is exactly PEFT's per-module LoRA and the saved adapter loads with `PeftModel.from_pretrained`.
+
+Sharding follows the host: on a column-parallel host A (r, in) is whole on every rank and B
+(out/tp, r) is split like the host's rows; on a row-parallel host A (r, in/tp) is split like the
+host's columns and B (out, r) is whole. The whole factor sees only this rank's share of the work,
+so its gradient is summed over TP.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from neuron_train.models.plan import ParamPlan, SplitKind, lookup, shard
+from neuron_train.parallel.layers import ColumnParallelLinear, RowParallelLinear, mark_replicated
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(kw_only=True)
+class LoraConfig:
+    r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0  # dropout masks differ across TP ranks; keep 0 for tp-invariant results
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    init_seed: int = 0  # A is drawn from (init_seed, module name): the same at every tp degree
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)
+        unknown = sorted(set(self.target_modules) - set(ALL_LINEAR))
+        if unknown:
+            raise ValueError(f"target_modules contains {unknown}; allowed: {list(ALL_LINEAR)}.")
+        if self.r < 1:
+            raise ValueError(f"r={self.r} must be >= 1.")
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / self.r
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """How a host layer's adapters shard, derived from the model's plan entry for its weight."""
+
+    column: bool  # column-parallel host (plan dim 0) or row-parallel (plan dim 1)
+    segments: tuple[str, ...]  # HF module names, in fused order
+    kinds: tuple[SplitKind, ...] = field(default=())
+
+    @classmethod
+    def from_plan(cls, plan: dict[str, ParamPlan], host_name: str) -> HostInfo:
+        p = lookup(plan, f"{host_name}.weight")
+        leaf = host_name.rsplit(".", 1)[-1]
+        segments = tuple(s.split(".")[0] for s in p.sources) or (leaf,)
+        kinds = p.kinds if len(p.kinds) == len(segments) else p.kinds * len(segments)
+        return cls(column=p.dim == 0, segments=segments, kinds=tuple(kinds))
+
+    def factor_plan(self, factor: str, segment: str) -> ParamPlan:
+        """Plan of lora_A / lora_B for one segment (dim None = whole on every rank)."""
+        kind = self.kinds[self.segments.index(segment)]
+        if self.column:
+            return ParamPlan(dim=0, kinds=(kind,)) if factor == "B" else ParamPlan()
+        return ParamPlan(dim=1, kinds=(kind,)) if factor == "A" else ParamPlan()
+
+
+class LoraAdapter(nn.Module):
+    def __init__(self, host: nn.Module, host_name: str, info: HostInfo, cfg: LoraConfig, model: nn.Module) -> None:
+        super().__init__()
+        self.scaling, self.column = cfg.scaling, info.column
+        self.dropout = nn.Dropout(cfg.lora_dropout) if cfg.lora_dropout > 0 else nn.Identity()
+        self.lora_A, self.lora_B = nn.ParameterDict(), nn.ParameterDict()
+        ctx, rank = model.ctx, model.dims.tp_rank
+        self.segment_sizes: list[tuple[str, int]] = []
+        out_sizes = _segment_out_sizes(host, info, ctx)
+        in_full = host.in_features
+        for seg, out_local in zip(info.segments, out_sizes):
+            self.segment_sizes.append((seg, out_local))
+            if seg not in cfg.target_modules:
+                continue
+            g = torch.Generator().manual_seed(cfg.init_seed * 1_000_003 + zlib.crc32(f"{host_name}.{seg}".encode()))
+            bound = 1.0 / math.sqrt(in_full)  # PEFT's default: kaiming_uniform_(a=sqrt(5))
+            a_full = torch.empty(cfg.r, in_full).uniform_(-bound, bound, generator=g)
+            a = shard([a_full], info.factor_plan("A", seg), ctx, rank)
+            b = torch.zeros(out_local if info.column else host.out_features, cfg.r)
+            self.lora_A[seg] = nn.Parameter(a.contiguous())
+            self.lora_B[seg] = nn.Parameter(b)
+            mark_replicated(self.lora_A[seg] if info.column else self.lora_B[seg], partial_grad=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(x)
+        outs = []
+        for seg, n in self.segment_sizes:
+            if seg in self.lora_A:
+                outs.append((x @ self.lora_A[seg].t()) @ self.lora_B[seg].t() * self.scaling)
+            else:
+                outs.append(x.new_zeros((*x.shape[:-1], n)))  # an untargeted segment of a fused host
+        return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+
+
+def _segment_out_sizes(host: nn.Module, info: HostInfo, ctx) -> list[int]:
+    if not info.column:
+        return [host.out_features]
+    if len(info.segments) == 1:
+        return [host.local_out_features]
+    if info.segments == ("q_proj", "k_proj", "v_proj"):
+        q = ctx.num_heads * ctx.head_dim
+        kv = ctx.num_kv_heads * ctx.head_dim
+        return [ctx.local_size("q_heads", q), ctx.local_size("kv_heads", kv), ctx.local_size("kv_heads", kv)]
+    n = len(info.segments)
+    return [host.local_out_features // n] * n
+
+
+def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
+    """Attach adapters to every parallel linear holding a targeted module; freeze everything else.
+
+    Returns the host layer names that received adapters.
+    """
+    hosts = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (ColumnParallelLinear, RowParallelLinear)) or name == "lm_head":
+            continue
+        info = HostInfo.from_plan(model.PLAN, name)
+        if set(info.segments) & set(cfg.target_modules):
+            module.lora = LoraAdapter(module, name, info, cfg, model)
+            hosts.append(name)
+    if not hosts:
+        raise ValueError(f"target_modules={list(cfg.target_modules)} matched no layer of {type(model).__name__}.")
+    for name, p in model.named_parameters():
+        p.requires_grad_(".lora." in name)
+    model.lora_config = cfg
+    return hosts

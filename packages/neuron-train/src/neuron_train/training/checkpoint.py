@@ -1,0 +1,114 @@
+"""Sharded checkpoints: what exact resume and consolidation need, one directory per step.
+
+checkpoint-<step>/
+  neuron_train.json            layout: model_type, tp, dp, LoRA config (rank 0)
+  config.json, tokenizer*      the HF config and tokenizer, so consolidation is self-contained
+  model-tp<r>.safetensors      TP rank r's parameters under training-model names (DP rank 0)
+  optim-tp<r>.pt               optimizer (ZeRO-1 state gathered over DP first) + LR scheduler
+  rng-rank<g>.pt               every process's Python / torch (/CUDA) RNG state
+  trainer_state.json           step, batch-order position, log history (rank 0)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.optim import ZeroRedundancyOptimizer
+
+from neuron_train.parallel.dims import ParallelDims
+
+META = "neuron_train.json"
+STATE = "trainer_state.json"
+FORMAT_VERSION = 1
+
+
+def _barrier(dims: ParallelDims) -> None:
+    if dims.world_size > 1:
+        dist.barrier()
+
+
+def model_file(tp_rank: int) -> str:
+    return f"model-tp{tp_rank:02d}.safetensors"
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    dims: ParallelDims,
+    trainer_state: dict,
+    tokenizer: Any = None,
+) -> None:
+    """Collective: every rank calls it."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    if isinstance(optimizer, ZeroRedundancyOptimizer):
+        optimizer.consolidate_state_dict(to=0)  # collective over DP; lands on DP rank 0
+    if dims.dp_rank == 0:
+        tensors = {n: p.detach().contiguous() for n, p in model.named_parameters()}
+        save_file(tensors, str(path / model_file(dims.tp_rank)), metadata={"format": "pt"})
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / f"optim-tp{dims.tp_rank:02d}.pt")
+    torch.save(
+        {"python": random.getstate(), "torch": torch.get_rng_state(),
+         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        path / f"rng-rank{dims.rank:04d}.pt",
+    )
+    if dims.is_main:
+        lora = getattr(model, "lora_config", None)
+        meta = {"format_version": FORMAT_VERSION, "model_type": model.config.model_type, "tp": dims.tp, "dp": dims.dp,
+                "lora": lora.to_dict() if lora is not None else None}
+        (path / META).write_text(json.dumps(meta, indent=1))
+        (path / STATE).write_text(json.dumps(trainer_state, indent=1))
+        model.config.save_pretrained(path)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
+    _barrier(dims)
+
+
+def load_checkpoint(
+    path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, dims: ParallelDims
+) -> dict:
+    """Restore everything save_checkpoint wrote; returns the trainer state. The layout must match."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / META).read_text())
+    if meta["tp"] != dims.tp or meta["dp"] != dims.dp:
+        raise ValueError(
+            f"checkpoint {path} was written with tensor_parallel_size={meta['tp']} and data-parallel size "
+            f"{meta['dp']}; this run has {dims.tp} and {dims.dp}. Resume with the same layout, or consolidate "
+            "it (`neuron-train consolidate`) and start a new run from the HF checkpoint."
+        )
+    tensors = load_file(str(path / model_file(dims.tp_rank)))
+    params = dict(model.named_parameters())
+    if set(tensors) != set(params):
+        raise KeyError(f"{path / model_file(dims.tp_rank)} does not match the model: differing {sorted(set(tensors) ^ set(params))[:8]}")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[n])
+    blob = torch.load(path / f"optim-tp{dims.tp_rank:02d}.pt", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    rng = torch.load(path / f"rng-rank{dims.rank:04d}.pt", weights_only=False)
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / STATE).read_text())
+
+
+def rotate_checkpoints(output_dir: Path, keep: int | None) -> None:
+    if keep is None:
+        return
+    ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for old in ckpts[:-keep]:
+        shutil.rmtree(old)
