@@ -73,7 +73,7 @@ def test_synchronize_retries_a_412_conflict_then_commits_once(tmp_path: Path, hu
     other = make_key("from another machine")
 
     def concurrent_commit(fake: FakeHub, repo: str) -> None:  # another machine commits first
-        fake.repos[repo].commit({f"entries/{other}/graph.pt2": b"x", f"entries/{other}/entry.json": b"{}"})
+        fake.repos[repo].commit({f"entries/{other[:2]}/{other}/graph.pt2": b"x", f"entries/{other[:2]}/{other}/entry.json": b"{}"})
 
     hub.before_commit.append(concurrent_commit)
     report = writer.synchronize()
@@ -84,9 +84,9 @@ def test_synchronize_retries_a_412_conflict_then_commits_once(tmp_path: Path, hu
     files = hub.repos[REPO].snapshot("main")
     assert files is not None
     for key in keys:
-        assert files[f"entries/{key}/graph.pt2"] == writer.entry(key).file_path.read_bytes()  # type: ignore[union-attr]
-        assert f"entries/{key}/entry.json" in files
-    assert f"entries/{other}/entry.json" in files  # the concurrent commit survived
+        assert files[f"entries/{key[:2]}/{key}/graph.pt2"] == writer.entry(key).file_path.read_bytes()  # type: ignore[union-attr]
+        assert f"entries/{key[:2]}/{key}/entry.json" in files
+    assert f"entries/{other[:2]}/{other}/entry.json" in files  # the concurrent commit survived
     assert sum(p.startswith("registry/org--tiny-llama/") for p in files) == 1
 
     hub.requests.clear()

@@ -83,8 +83,8 @@ def test_synchronize_uploads_once_and_an_empty_store_pulls(tmp_path: Path, s3: t
     assert sorted(report.uploaded) == sorted(keys) and report.already_remote == 0 and report.registry_uploaded == 1
     objects = _objects(client, bucket)
     for key in keys:
-        assert objects[f"team/cache/entries/{key}/graph.pt2"] == 5000
-        assert f"team/cache/entries/{key}/entry.json" in objects
+        assert objects[f"team/cache/entries/{key[:2]}/{key}/graph.pt2"] == 5000
+        assert f"team/cache/entries/{key[:2]}/{key}/entry.json" in objects
     assert sum(k.startswith("team/cache/registry/org--tiny-llama/") for k in objects) == 1
     assert S3Remote(url).entry_keys() == set(keys)
 
@@ -109,7 +109,7 @@ def test_an_upload_killed_before_the_marker_stays_invisible(tmp_path: Path, s3: 
     CompileCache(root).get_or_compile(key, Compiler(b"graph" * 1000))
     proc = subprocess.run([sys.executable, str(WORKER), "s3-die-before-marker", str(root), url], timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert set(_objects(client, bucket)) == {f"team/cache/entries/{key}/graph.pt2"}  # payload only, no marker
+    assert set(_objects(client, bucket)) == {f"team/cache/entries/{key[:2]}/{key}/graph.pt2"}  # payload only, no marker
 
     assert S3Remote(url).entry_keys() == set()
     reader, compiler = CompileCache(tmp_path / "reader", S3Remote(url)), Compiler(b"graph" * 1000)
@@ -126,7 +126,7 @@ def test_a_corrupt_remote_entry_is_not_used(tmp_path: Path, s3: tuple[Any, str, 
     key = make_key("bad-remote")
     CompileCache(tmp_path / "writer", S3Remote(url)).get_or_compile(key, Compiler(b"right" * 100))
     CompileCache(tmp_path / "writer", S3Remote(url)).synchronize()
-    client.put_object(Bucket=bucket, Key=f"team/cache/entries/{key}/graph.pt2", Body=b"wrong" * 100)
+    client.put_object(Bucket=bucket, Key=f"team/cache/entries/{key[:2]}/{key}/graph.pt2", Body=b"wrong" * 100)
 
     reader, compiler = CompileCache(tmp_path / "reader", S3Remote(url)), Compiler(b"right" * 100)
     with caplog.at_level(logging.WARNING, logger="neuron_cache"):

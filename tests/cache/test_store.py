@@ -211,8 +211,8 @@ def test_cleanup_by_size_keeps_the_most_recently_used(tmp_path: Path) -> None:
     cache = CompileCache(tmp_path)
     keys = _fill(cache, ["a", "b", "c", "d"])
     cache.get_or_compile(keys["a"], never_compile)  # a, the oldest, is now the most recently used
-    entry_size = cache.entry(keys["b"]).size  # type: ignore[union-attr]
-    removed = cache.cleanup(max_size_bytes=2 * entry_size)
+    budget = sum(cache.entry(keys[k]).size for k in "ad")  # type: ignore[union-attr]
+    removed = cache.cleanup(max_size_bytes=budget)
     assert [e.key for e in removed] == [keys["b"], keys["c"]]  # least recently used first
     assert {e.key for e in cache.entries()} == {keys["a"], keys["d"]}
 

@@ -72,20 +72,20 @@ def canonical(value: Any, path: str) -> Any:
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise TypeError(f"graph_cache_key: {path} = {value!r} is not a finite number; pass a finite value or a string")
+            raise TypeError(f"{path} = {value!r} is not a finite number; pass a finite value or a string")
         return value
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
             name = str(k)
             if name in out:
-                raise TypeError(f"graph_cache_key: {path} has keys that collide as strings ({name!r})")
+                raise TypeError(f"{path} has keys that collide as strings ({name!r})")
             out[name] = canonical(v, f"{path}.{name}")
         return out
     if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
         return [canonical(v, f"{path}[{i}]") for i, v in enumerate(value)]
     raise TypeError(
-        f"graph_cache_key: {path} has type {type(value).__name__}, which is not JSON. "
+        f"{path} has type {type(value).__name__}, which is not JSON. "
         "Convert it first (for example str(torch.bfloat16) -> 'torch.bfloat16', or config.to_dict())."
     )
 

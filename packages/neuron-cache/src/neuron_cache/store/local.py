@@ -31,9 +31,13 @@ logger = logging.getLogger(__name__)
 
 
 def _fsync(path: Path) -> None:
+    """Flush a file, or a directory's entries, to disk (a directory fsync some filesystems refuse is skipped)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
     finally:
         os.close(fd)
 

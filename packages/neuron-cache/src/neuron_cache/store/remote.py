@@ -2,9 +2,12 @@
 
 Remote layout (relative to the repo root or the S3 prefix)::
 
-    entries/<key>/<file>          the compiled graph, uploaded first
-    entries/<key>/entry.json      the manifest, uploaded last: readers ignore an entry without it
+    entries/<key[:2]>/<key>/<file>       the compiled graph, uploaded first
+    entries/<key[:2]>/<key>/entry.json   the manifest, uploaded last: readers ignore an entry without it
     registry/<model slug>/<sha256>.json
+
+Entries are sharded by the first two hex digits, as in the local store, so that no folder grows past
+a few thousand items (the Hub advises fewer than 10,000 files per folder).
 
 Both remotes are read-through (a local miss asks the remote) and write-behind (only `synchronize`
 uploads). Uploads skip what is already complete on the remote, so they are idempotent.
@@ -28,13 +31,15 @@ T = TypeVar("T")
 
 
 def entry_file(key: str, name: str) -> str:
-    return f"entries/{key}/{name}"
+    return f"entries/{key[:2]}/{key}/{name}"
 
 
 def key_of_manifest(rel: str) -> str | None:
-    """'entries/<key>/entry.json' -> key (None for any other path)."""
+    """'entries/<key[:2]>/<key>/entry.json' -> key (None for any other path)."""
     parts = rel.split("/")
-    return parts[1] if len(parts) == 3 and parts[0] == "entries" and parts[2] == MANIFEST else None
+    if len(parts) == 4 and parts[0] == "entries" and parts[3] == MANIFEST and parts[2][:2] == parts[1]:
+        return parts[2]
+    return None
 
 
 @dataclass(kw_only=True, slots=True)

@@ -1,6 +1,6 @@
 """Hugging Face Hub remote: a model repo, ``hf://org/repo``, read and written with huggingface_hub.
 
-- Read: `hf_hub_download` of ``entries/<key>/entry.json`` (a 404 is a miss), then of the payload it
+- Read: `hf_hub_download` of the manifest ``entries/<key[:2]>/<key>/entry.json`` (a 404 is a miss), then of the payload it
   names; registry files are listed with `list_repo_tree` and downloaded the same way.
 - Write (`synchronize`): list the repo at its head commit, then `create_commit` the missing entries
   (payload and manifest in the same commit, so a reader never sees half an entry) with
@@ -87,16 +87,19 @@ class HubRemote:
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
-        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+        """Any failure inside a huggingface_hub call (HTTP status, transport, offline) becomes a RemoteError."""
+        from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError
 
         try:
             yield
+        except (RemoteError, RemoteEntryNotFoundError):
+            raise
         except RepositoryNotFoundError as err:
             raise RemoteError(
                 f"{self.url}: {what} failed: the repo does not exist or is not readable with your token; "
                 f"create it with `neuron-cache create {self.repo_id}` or check HF_TOKEN"
             ) from err
-        except (HfHubHTTPError, OfflineModeIsEnabled, OSError) as err:
+        except Exception as err:  # the transport's own error types are not part of huggingface_hub's API
             raise RemoteError(f"{self.url}: {what} failed ({type(err).__name__}: {err})") from err
 
     def _download(self, rel: str, into: Path) -> Path | None:

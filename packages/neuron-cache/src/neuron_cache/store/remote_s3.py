@@ -53,11 +53,12 @@ class S3Remote:
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         _ = self.client  # a missing boto3 is reported as such, before botocore is imported below
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             yield
-        except (BotoCoreError, ClientError) as err:
+        except (Boto3Error, BotoCoreError, ClientError) as err:
             raise RemoteError(f"{self.url}: {what} failed ({err})") from err
 
     def _list(self, rel_prefix: str) -> dict[str, int]:
