@@ -74,11 +74,14 @@ class CompileCache:
         self.stats = CacheStats()
 
     @classmethod
-    def from_env(cls, url: str | None = None, *, enabled: bool = True, **remote_options: Any) -> CompileCache:
-        """`url` (else NEURON_COMPILE_CACHE_URL, else `neuron-cache set`) is a path or a remote; see settings.py."""
+    def from_env(
+        cls, url: str | None = None, *, enabled: bool = True, lock_timeout: float | None = None, **remote_options: Any
+    ) -> CompileCache:
+        """`url` (else NEURON_COMPILE_CACHE_URL, else `neuron-cache set`) is a path or a remote; see settings.py.
+        `remote_options` go to the remote (S3Remote: endpoint_url, region_name; HubRemote: endpoint, token, retry)."""
         location = resolve_location(url)
         remote = open_remote(location.remote_url, **remote_options) if location.remote_url else None
-        return cls(location.root, remote, enabled=enabled)
+        return cls(location.root, remote, enabled=enabled, lock_timeout=lock_timeout)
 
     @property
     def root(self) -> Path:

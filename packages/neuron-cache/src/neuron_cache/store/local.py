@@ -86,7 +86,10 @@ class LocalStore:
             return None, f"{manifest.file} is missing"
         if size != manifest.size:
             return None, f"{manifest.file} has {size} bytes but {MANIFEST} records {manifest.size}"
-        actual = sha256_file(payload)
+        try:
+            actual = sha256_file(payload)
+        except OSError as err:
+            return None, f"{manifest.file} is unreadable ({err.strerror})"
         if actual != manifest.sha256:
             return None, f"{manifest.file} has sha256 {actual[:16]}... but {MANIFEST} records {manifest.sha256[:16]}..."
         return self._entry(path, manifest), None

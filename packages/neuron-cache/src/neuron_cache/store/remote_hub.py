@@ -30,6 +30,7 @@ from neuron_cache.store.settings import hub_endpoint, hub_offline, parse_remote_
 
 logger = logging.getLogger(__name__)
 RETRY_STATUSES = (409, 412, 429)
+Unit = tuple[str | None, list[tuple[str, Path]]]  # (entry key, or None for a registry file; [(path in repo, local file)])
 
 
 def _retryable(err: BaseException) -> tuple[bool, float | None]:
@@ -184,7 +185,7 @@ class HubRemote:
             with self._errors("reading the head commit"):
                 head = self.api.repo_info(self.repo_id, revision=self.revision).sha
             present = self._files("", revision=head)
-            units: list[tuple[str | None, list[tuple[str, Path]]]] = []
+            units: list[Unit] = []
             for entry in entries:
                 if entry_file(entry.key, MANIFEST) in present:
                     if entry.key not in done:
@@ -206,8 +207,9 @@ class HubRemote:
 
         return with_retries(attempt, what=f"synchronize to {self.url}", policy=self.retry, retryable=_retryable)
 
-    def _batches(self, units: list[tuple[str | None, list[tuple[str, Path]]]]) -> list[list[tuple[str | None, list[tuple[str, Path]]]]]:
-        batches: list[list[tuple[str | None, list[tuple[str, Path]]]]] = []
+    def _batches(self, units: list[Unit]) -> list[list[Unit]]:
+        """Commits of at most max_files_per_commit files; an entry's payload and manifest stay together."""
+        batches: list[list[Unit]] = []
         size = self.max_files_per_commit
         for unit in units:
             if not batches or sum(len(files) for _, files in batches[-1]) + len(unit[1]) > size:
@@ -215,7 +217,7 @@ class HubRemote:
             batches[-1].append(unit)
         return batches
 
-    def _commit(self, batch: list[tuple[str | None, list[tuple[str, Path]]]], parent: str) -> str:
+    def _commit(self, batch: list[Unit], parent: str) -> str:
         from huggingface_hub import CommitOperationAdd
 
         ops = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path)) for _, files in batch for rel, path in files]
