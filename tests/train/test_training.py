@@ -16,17 +16,20 @@ MODELS = ("llama", "qwen3", "granite")
 
 
 @pytest.fixture(scope="module")
-def tp_run(tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("train_tp")
-    torchrun("train_tiny.py", out, "--mode", "tp", timeout=300)
-    return out, torch.load(out / "train_tp.pt")
+def train_run(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("train")
+    torchrun("train_tiny.py", out, timeout=300)
+    return out, torch.load(out / "train.pt")
 
 
 @pytest.fixture(scope="module")
-def dp_run(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("train_dp")
-    torchrun("train_tiny.py", out, "--mode", "dp", timeout=240)
-    return torch.load(out / "train_dp.pt")
+def tp_run(train_run) -> tuple[Path, dict]:
+    return train_run[0], train_run[1]["tp"]
+
+
+@pytest.fixture(scope="module")
+def dp_run(train_run) -> dict:
+    return train_run[1]["dp"]
 
 
 def _consolidate(src: Path, dst: Path, *extra: str) -> Path:

@@ -57,7 +57,9 @@ def rank() -> int:
 
 
 def write_json(name: str, data: dict) -> None:
-    (out_dir() / name).write_text(json.dumps(data, indent=1))
+    path = out_dir() / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
 
 
 def synthetic_dataset(n: int = 64, vocab_size: int = 256, seed: int = 0) -> list[dict[str, list[int]]]:

@@ -1,13 +1,12 @@
 """Training runs compared against a single-process reference computed on rank 0 of the same job.
+Both modes run in one launch and save train.pt (process start-up dominates these tiny runs).
 
---mode tp: tp=2 with sequence parallelism vs tp=1, 20 optimizer steps, per model type. Also
-           writes checkpoint-0 (untrained) and the final checkpoint for the consolidation tests.
---mode dp: dp=2 with ZeRO-1 vs dp=1 with twice the per-device batch, 12 steps.
+tp: tp=2 with sequence parallelism vs tp=1, 20 optimizer steps, per model type. Also
+    writes checkpoint-0 (untrained) and the final checkpoint for the consolidation tests.
+dp: dp=2 with ZeRO-1 vs dp=1 with twice the per-device batch, 12 steps.
 """
 
 from __future__ import annotations
-
-import sys
 
 import torch
 import torch.distributed as dist
@@ -35,28 +34,25 @@ def train(hf, dims: ParallelDims, out: str, *, steps: int, sp: bool, zero_1: boo
 
 
 def main() -> None:
-    mode = sys.argv[sys.argv.index("--mode") + 1]
     out = out_dir()
-    results: dict = {}
-    if mode == "tp":
-        dims = ParallelDims.build(tp=2)
-        for model_type in ("llama", "qwen3", "granite"):
-            hf = tiny_hf_model(model_type, seed=3)
-            tp2 = train(hf, dims, str(out / f"{model_type}_tp2"), steps=20, sp=True, zero_1=False, batch=2, save_initial=True)
-            if rank() == 0:
-                tp1 = train(hf, ParallelDims.local(), str(out / f"{model_type}_tp1"), steps=20, sp=False, zero_1=False, batch=2)
-                results[model_type] = {"initial": hf.state_dict(), "tp2": tp2, "tp1": tp1}
-            dist.barrier()
-    elif mode == "dp":
-        dims = ParallelDims.build(tp=1)
-        hf = tiny_hf_model("llama", seed=4)
-        dp2 = train(hf, dims, str(out / "dp2"), steps=12, sp=False, zero_1=True, batch=2)
+    results: dict = {"tp": {}, "dp": {}}
+    tp2 = ParallelDims.build(tp=2)
+    for model_type in ("llama", "qwen3", "granite"):
+        hf = tiny_hf_model(model_type, seed=3)
+        sharded = train(hf, tp2, str(out / f"{model_type}_tp2"), steps=20, sp=True, zero_1=False, batch=2, save_initial=True)
         if rank() == 0:
-            dp1 = train(hf, ParallelDims.local(), str(out / "dp1"), steps=12, sp=False, zero_1=False, batch=4)
-            results["llama"] = {"dp2": dp2, "dp1": dp1}
+            ref = train(hf, ParallelDims.local(), str(out / f"{model_type}_tp1"), steps=20, sp=False, zero_1=False, batch=2)
+            results["tp"][model_type] = {"initial": hf.state_dict(), "tp2": sharded, "tp1": ref}
         dist.barrier()
+
+    dp2 = ParallelDims.build(tp=1)  # the same two processes, now as two data-parallel ranks
+    hf = tiny_hf_model("llama", seed=4)
+    replicated = train(hf, dp2, str(out / "dp2"), steps=12, sp=False, zero_1=True, batch=2)
     if rank() == 0:
-        torch.save(results, out / f"train_{mode}.pt")
+        ref = train(hf, ParallelDims.local(), str(out / "dp1"), steps=12, sp=False, zero_1=False, batch=4)
+        results["dp"]["llama"] = {"dp2": replicated, "dp1": ref}
+        torch.save(results, out / "train.pt")
+    dist.barrier()
     dist.destroy_process_group()
 
 

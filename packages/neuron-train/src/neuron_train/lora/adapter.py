@@ -95,6 +95,10 @@ class LoraAdapter(nn.Module):
             self.lora_A[seg] = nn.Parameter(a.contiguous())
             self.lora_B[seg] = nn.Parameter(b)
             mark_replicated(self.lora_A[seg] if info.column else self.lora_B[seg], partial_grad=True)
+            kind = info.kinds[info.segments.index(seg)]
+            if info.column and kind == "kv_heads" and ctx.kv_replicas > 1:
+                # B of a replicated kv head: copies on `rep` ranks, summed like the host's kv rows.
+                self.lora_B[seg].nt_kv_rows = (0, model.dims.kv_replica_group(ctx.num_kv_heads), ctx.kv_replicas)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x)
