@@ -53,7 +53,7 @@ class Llama:
     @classmethod
     def arch(cls, cfg: Any) -> DecoderArch:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        return DecoderArch(
+        fields: dict[str, Any] = dict(
             model_type=cfg.model_type,
             vocab_size=cfg.vocab_size,
             hidden_size=cfg.hidden_size,
@@ -69,8 +69,9 @@ class Llama:
             mlp_bias=getattr(cfg, "mlp_bias", False),
             tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
             rotary_dim=cls.rotary_dim(cfg, head_dim),
-            **cls.arch_overrides(cfg),
         )
+        # An architecture's overrides replace Llama's defaults (qwen2 sets qkv_bias itself).
+        return DecoderArch(**{**fields, **cls.arch_overrides(cfg)})
 
     @classmethod
     def arch_overrides(cls, cfg: Any) -> dict[str, Any]:
