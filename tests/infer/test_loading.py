@@ -106,7 +106,7 @@ def test_neuron_target_is_refused_here(tiny_artifact, tmp_path):
 
 
 def test_not_an_artifact_directory(tmp_path):
-    with pytest.raises(ArtifactError, match="no neuron_config.json"):
+    with pytest.raises(ArtifactError, match=r"no neuron_config\.json"):
         NeuronModelForCausalLM.from_pretrained(tmp_path)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from neuron_cache import (
     sha256_file,
 )
 from neuron_cache.artifact import GRAPHS_DIR, WEIGHTS_DIR
+from neuron_cache.store import CompileCache, graph_cache_key
 from neuron_export.__about__ import __version__
 from neuron_export.backends import GraphJob, get_backend
 from neuron_export.convert import sharding_plan, tied_aliases
@@ -80,6 +81,7 @@ class ExportResult:
     seconds: float
     compile_seconds: dict[str, float]
     validation_max_diff: float | None
+    cache_stats: dict[str, int] = field(default_factory=dict)
 
 
 def default_buckets(max_context_length: int, smallest: int = 128) -> list[int]:
@@ -114,7 +116,8 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
     out = Path(options.output)
     (out / GRAPHS_DIR).mkdir(parents=True, exist_ok=True)
     (out / WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
-    graphs, compile_seconds = _compile_graphs(model, shapes, backend, target, options, out, log)
+    cache = CompileCache.from_env(options.cache_url, enabled=not options.disable_neuron_cache)
+    graphs, compile_seconds = _compile_graphs(model, shapes, backend, target, options, out, log, cache)
 
     weight_file = _write_weights(model, out)
     _copy_checkpoint_files(source, hf_config, out)
@@ -148,6 +151,8 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
         metadata={"eos_token_id": getattr(hf_config, "eos_token_id", None)},
     )
     config.save(out)
+    if not options.disable_neuron_cache:
+        cache.register_export(options.model, config.to_dict())
 
     max_diff = None
     if not options.disable_validation:
@@ -158,13 +163,17 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
     seconds = time.perf_counter() - start
     log(f"Artifact written to {out} in {seconds:.1f} s")
     return ExportResult(output=out, config=config, seconds=seconds, compile_seconds=compile_seconds,
-                        validation_max_diff=max_diff)
+                        validation_max_diff=max_diff, cache_stats=cache.stats.as_dict())
 
 
-def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: ExportOptions, out: Path, log: Log):
+def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: ExportOptions, out: Path, log: Log,
+                    cache):
+    """One graph per context bucket plus token generation, each through the compile cache."""
     jobs = [("context_encoding", b) for b in shapes.context_buckets] + [("token_generation", None)]
     graphs: dict[str, GraphEntry] = {}
     seconds: dict[str, float] = {}
+    backend_id = {"name": backend.name, "target": target, "package_version": __version__, **backend.versions()}
+    flags = {**backend.default_flags(target), **options.flags}
     for i, (role, bucket) in enumerate(jobs, 1):
         name = role if bucket is None else f"{role}_{bucket}"
         model.role = role
@@ -172,19 +181,42 @@ def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: 
         job = GraphJob(name=name, role=role, bucket=bucket, module=model,
                        example_inputs=model.example_inputs(role, bucket), input_names=model.input_names(role),
                        flags=dict(options.flags))
-        rel = f"{GRAPHS_DIR}/{name}{backend.file_extension}"
-        log(f"[{i}/{len(jobs)}] compiling {name} ...")
+        signature = model.signature(role, bucket)
+        key = graph_cache_key(model_config=asdict(model.arch), shape_fields=_graph_shape_fields(shapes), role=role,
+                              bucket=bucket, backend=backend_id, flags=flags)
+        filename = f"{name}{backend.file_extension}"
+        compiles_before = cache.stats.compiles
         t = time.perf_counter()
-        compiled = backend.compile(job, out / rel, target)
+
+        def compile_fn(path: Path, job: GraphJob = job, signature: dict = signature, i: int = i) -> None:
+            log(f"[{i}/{len(jobs)}] compiling {job.name} ...")
+            compiled = backend.compile(job, path, target)
+            if compiled.outputs != signature["outputs"]:
+                raise ExportError(f"backend {backend.name} produced outputs {compiled.outputs} for {job.name}, "
+                                  f"expected {signature['outputs']}")
+
+        cached = cache.get_or_compile(key, compile_fn, filename=filename, meta={"graph": name, **signature})
+        rel = f"{GRAPHS_DIR}/{filename}"
+        shutil.copyfile(cached, out / rel)
         seconds[name] = time.perf_counter() - t
-        log(f"[{i}/{len(jobs)}] {name} done in {seconds[name]:.1f} s")
+        how = "compiled" if cache.stats.compiles > compiles_before else "from the compile cache"
+        log(f"[{i}/{len(jobs)}] {name}: {how} in {seconds[name]:.1f} s")
         graphs[name] = GraphEntry(
             file=rel, sha256=sha256_file(out / rel), role=role, bucket=bucket,
-            inputs=[TensorSpec(**s) for s in compiled.inputs], outputs=[TensorSpec(**s) for s in compiled.outputs],
-            mutated_state=compiled.mutated_state or model.state_names(),
+            inputs=[TensorSpec(**s) for s in signature["inputs"]],
+            outputs=[TensorSpec(**s) for s in signature["outputs"]],
+            mutated_state=model.state_names(),
         )
     model.reset_state()
     return graphs, seconds
+
+
+def _graph_shape_fields(shapes: StaticShapes) -> dict[str, Any]:
+    """The neuron-config fields a single graph depends on. The bucket list is not one of them: the
+    graph for bucket 128 is the same whichever other buckets an export asks for."""
+    return {"batch_size": shapes.batch_size, "sequence_length": shapes.sequence_length, "torch_dtype": shapes.dtype,
+            "on_device_sampling": shapes.on_device_sampling, "max_topk": shapes.max_topk,
+            "tensor_parallel_size": 1}
 
 
 def _write_weights(model, out: Path) -> str:

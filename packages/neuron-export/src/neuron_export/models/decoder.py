@@ -240,6 +240,17 @@ class DecoderModel(nn.Module):
         names = ["input_ids", "seq_id", "last_index"] if role == "context_encoding" else ["input_ids", "positions"]
         return names + (["sampling_params", "rand"] if self.shapes.on_device_sampling else [])
 
+    def signature(self, role: str, bucket: int | None = None) -> dict[str, list[dict]]:
+        """Static inputs and outputs of a graph, known without tracing it."""
+        inputs = [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+                  for n, t in zip(self.input_names(role), self.example_inputs(role, bucket))]
+        rows = 1 if role == "context_encoding" else self.shapes.batch_size
+        if self.shapes.on_device_sampling:
+            outputs = [{"name": "tokens", "shape": [rows], "dtype": "int64"}]
+        else:
+            outputs = [{"name": "logits", "shape": [rows, self.arch.vocab_size], "dtype": "float32"}]
+        return {"inputs": inputs, "outputs": outputs}
+
     def state_names(self) -> list[str]:
         return [n for n, _ in self.named_buffers() if n.endswith(("k_cache", "v_cache"))]
 
