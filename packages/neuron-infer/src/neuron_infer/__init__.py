@@ -1,8 +1,17 @@
 """neuron-infer: run compiled artifacts (graphs plus weights) without model source code."""
 
 from neuron_infer.__about__ import __version__
+from neuron_infer.engine import Engine, EngineConfig, RequestParams
 from neuron_infer.modeling import NeuronModelForCausalLM
 from neuron_infer.runtime import DecoderRuntime
 from neuron_infer.sampling import SamplingParams
 
-__all__ = ["DecoderRuntime", "NeuronModelForCausalLM", "SamplingParams", "__version__"]
+__all__ = [
+    "DecoderRuntime",
+    "Engine",
+    "EngineConfig",
+    "NeuronModelForCausalLM",
+    "RequestParams",
+    "SamplingParams",
+    "__version__",
+]

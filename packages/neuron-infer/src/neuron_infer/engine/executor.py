@@ -1,0 +1,97 @@
+"""BatchExecutor: prefill one slot or decode every busy slot, and pick each slot's next token.
+
+This is the layer both the Engine (its own scheduler) and the vLLM plugin (vLLM's scheduler)
+drive: it knows slots, positions and samplers, not requests, queues or stop conditions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from neuron_infer.engine.sampler import TokenSampler
+from neuron_infer.runtime import DecoderRuntime
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeEntry:
+    token: int  # the slot's last token, fed to the model now
+    position: int  # where that token sits in the sequence (= tokens already in the slot's KV cache)
+    sampler: TokenSampler
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    token: int
+    logits: torch.Tensor | None  # (vocab,) float32 raw logits; None when the graph samples on device
+
+
+class SlotPool:
+    """Which compiled batch rows are free. Lowest free slot first, so runs are reproducible."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._free = set(range(size))
+
+    def acquire(self) -> int | None:
+        if not self._free:
+            return None
+        slot = min(self._free)
+        self._free.remove(slot)
+        return slot
+
+    def release(self, slot: int) -> None:
+        if not 0 <= slot < self.size or slot in self._free:
+            raise ValueError(f"slot {slot} is not held (pool of {self.size}, free {sorted(self._free)})")
+        self._free.add(slot)
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def busy(self) -> list[int]:
+        return sorted(set(range(self.size)) - self._free)
+
+
+class BatchExecutor:
+    def __init__(self, runtime: DecoderRuntime):
+        self.runtime = runtime
+        self.config = runtime.config
+        self.on_device_sampling = self.config.on_device_sampling
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    def prefill(self, slot: int, prompt: list[int] | torch.Tensor, sampler: TokenSampler) -> StepResult:
+        """Run the prompt through the context-encoding graph into `slot`'s KV rows; pick the first token."""
+        ids = torch.as_tensor(prompt, dtype=torch.long)
+        if self.on_device_sampling:
+            out = self.runtime.prefill(ids, slot, sampler.device_row(), sampler.uniform())
+            return StepResult(int(out.reshape(-1)[0]), None)
+        logits = self.runtime.prefill(ids, slot).float()
+        return StepResult(sampler.pick(logits), logits)
+
+    def decode(self, entries: Mapping[int, DecodeEntry]) -> dict[int, StepResult]:
+        """One token-generation step over the whole compiled batch; idle rows run token 0 at position 0.
+
+        An idle row writes garbage into its own KV row 0, which the next prefill of that slot
+        overwrites before anything reads it.
+        """
+        B = self.batch_size
+        tokens = torch.zeros(B, dtype=torch.long)
+        positions = torch.zeros(B, dtype=torch.long)
+        for slot, e in entries.items():
+            tokens[slot], positions[slot] = e.token, e.position
+        if self.on_device_sampling:
+            rows = torch.tensor([[1.0, 1.0, 1.0]] * B)
+            rand = torch.zeros(B)
+            for slot, e in entries.items():
+                rows[slot], rand[slot] = e.sampler.device_row(), e.sampler.uniform()[0]
+            out = self.runtime.decode(tokens, positions, rows, rand).reshape(-1)
+            return {slot: StepResult(int(out[slot]), None) for slot in entries}
+        logits = self.runtime.decode(tokens, positions).float()
+        return {slot: StepResult(e.sampler.pick(logits[slot]), logits[slot]) for slot, e in entries.items()}
