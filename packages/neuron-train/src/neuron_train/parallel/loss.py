@@ -41,7 +41,7 @@ class _VocabParallelCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         softmax, idx, mine, ignore = ctx.saved_tensors
-        g = softmax
+        g = softmax.clone()  # the saved softmax must survive a second backward (retain_graph)
         g.scatter_add_(-1, idx.unsqueeze(-1), -mine.unsqueeze(-1).to(g.dtype))
         g.mul_((grad.masked_fill(ignore, 0.0)).unsqueeze(-1))
         return g, None, None, None
