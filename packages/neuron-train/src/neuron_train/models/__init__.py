@@ -58,9 +58,15 @@ def build_model(
     *,
     sequence_parallel: bool = False,
     gradient_checkpointing: bool = False,
+    device: str | torch.device | None = None,
 ) -> LlamaForTraining:
-    """The training model for the HF checkpoint at `path`, with this rank's shards loaded."""
+    """The training model for the HF checkpoint at `path`, with this rank's shards loaded.
+
+    `device` defaults to this process's CUDA device under nccl, else CPU.
+    """
     config = AutoConfig.from_pretrained(path)
     model = model_class(config)(config, dims, sequence_parallel=sequence_parallel, gradient_checkpointing=gradient_checkpointing)
     model.load_hf_state_dict(load_hf_state_dict(path))
-    return model
+    if device is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return model.to(device) if device is not None else model

@@ -53,7 +53,8 @@ def sync_gradients(model: nn.Module, dims: ParallelDims) -> None:
 @torch.no_grad()
 def grad_norm(params: Iterable[nn.Parameter], dims: ParallelDims) -> torch.Tensor:
     """Global L2 norm of the unsharded gradient: copies held by several TP ranks count once."""
-    total = torch.zeros((), dtype=torch.float64)
+    params = list(params)
+    total = torch.zeros((), dtype=torch.float64, device=params[0].device if params else None)
     for p in params:
         if p.grad is None:
             continue

@@ -65,6 +65,7 @@ class NeuronTrainer:
         else:
             self.total_steps = max(1, math.ceil(args.num_train_epochs * self.order.per_epoch / args.gradient_accumulation_steps))
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.device = self.params[0].device if self.params else torch.device("cpu")
         self.optimizer = build_optimizer(model, args, self.dims)
         self.scheduler = build_scheduler(self.optimizer, args, self.total_steps)
         self.step = 0
@@ -99,15 +100,16 @@ class NeuronTrainer:
         args, dims = self.args, self.dims
         start = time.perf_counter()
         batches = [self.collate([self.dataset[i] for i in next(self.order)]) for _ in range(args.gradient_accumulation_steps)]
+        # Collectives run on the model's device (nccl cannot reduce CPU tensors).
         counts = torch.tensor([sum(float((b["labels"][:, 1:] != -100).sum()) for b in batches),
-                               sum(float(b["attention_mask"].sum()) for b in batches)], dtype=torch.float64)
+                               sum(float(b["attention_mask"].sum()) for b in batches)], dtype=torch.float64, device=self.device)
         all_reduce_(counts, dims.dp_group)
         label_tokens, tokens = counts.tolist()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        autocast = torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16) if args.bf16 else nullcontext()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if args.bf16 else nullcontext()
         for b in batches:
             with autocast:
-                out = self.model(b["input_ids"], b["labels"])
+                out = self.model(b["input_ids"].to(self.device), b["labels"].to(self.device))
             (out.loss_sum / max(label_tokens, 1.0)).backward()
             loss_sum += out.loss_sum.detach().double()
         all_reduce_(loss_sum, dims.dp_group)
