@@ -60,17 +60,17 @@ def _state() -> list[dict[str, Any]]:
 def _sharding() -> dict[str, dict[str, Any]]:
     q, kv = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
     plan: dict[str, dict[str, Any]] = {
-        "model.embed_tokens.weight": {"partition_dim": 0, "segments": None},
-        "model.norm.weight": {"partition_dim": None, "segments": None},
+        "model.embed_tokens.weight": {"partition_dim": 0, "segments": None, "granule": None},
+        "model.norm.weight": {"partition_dim": None, "segments": None, "granule": None},
     }
     for i in range(LAYERS):
         layer = f"model.layers.{i}"
-        plan[f"{layer}.self_attn.qkv_proj.weight"] = {"partition_dim": 0, "segments": [q, kv, kv]}
-        plan[f"{layer}.self_attn.o_proj.weight"] = {"partition_dim": 1, "segments": None}
-        plan[f"{layer}.mlp.gate_up_proj.weight"] = {"partition_dim": 0, "segments": [INTERMEDIATE, INTERMEDIATE]}
-        plan[f"{layer}.mlp.down_proj.weight"] = {"partition_dim": 1, "segments": None}
-        plan[f"{layer}.input_layernorm.weight"] = {"partition_dim": None, "segments": None}
-        plan[f"{layer}.post_attention_layernorm.weight"] = {"partition_dim": None, "segments": None}
+        plan[f"{layer}.self_attn.qkv_proj.weight"] = {"partition_dim": 0, "segments": [q, kv, kv], "granule": HEAD_DIM}
+        plan[f"{layer}.self_attn.o_proj.weight"] = {"partition_dim": 1, "segments": None, "granule": None}
+        plan[f"{layer}.mlp.gate_up_proj.weight"] = {"partition_dim": 0, "segments": [INTERMEDIATE, INTERMEDIATE], "granule": None}
+        plan[f"{layer}.mlp.down_proj.weight"] = {"partition_dim": 1, "segments": None, "granule": None}
+        plan[f"{layer}.input_layernorm.weight"] = {"partition_dim": None, "segments": None, "granule": None}
+        plan[f"{layer}.post_attention_layernorm.weight"] = {"partition_dim": None, "segments": None, "granule": None}
     return plan
 
 

@@ -139,8 +139,6 @@ def listed_backends(result: Result) -> list[str]:
     return [line.split()[0] for line in result.output.splitlines() if line.strip()]
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py declares --model required=True, so click rejects "
-                   "`neuron-export --list-backends` before the command body that handles it runs")
 def test_list_backends():
     assert listed_backends(run_cli("--list-backends")) == ["torch-aot", "torch-export", "neuron"]
 

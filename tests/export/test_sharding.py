@@ -162,13 +162,9 @@ def test_indivisible_size_raises_clear_error(decoder: Decoder, name: str, tp: in
         shard(decoder.weights[name], spec["partition_dim"], spec["segments"], tp)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "convert.shard splits rows, not heads: with 4 kv heads of 8 rows and tp=8 the k/v segments (32 rows) "
-    "divide, so each rank silently gets half a head. The recorded plan (neuron_cache ShardSpec) carries no "
-    "head size to check against."))
 @pytest.mark.parametrize("decoder", ["llama"], indirect=True)
 def test_splitting_a_head_across_ranks_raises(decoder: Decoder):
     name = "layers.0.attn.qkv_proj.weight"
     spec = decoder.plan[name]
     with pytest.raises(ValueError):
-        shard(decoder.weights[name], spec["partition_dim"], spec["segments"], 8)
+        shard(decoder.weights[name], spec["partition_dim"], spec["segments"], 8, spec["granule"])

@@ -95,6 +95,10 @@ class ShardSpec:
 
     partition_dim: int | None = field(default=None, metadata={"minimum": 0})
     segments: list[int] | None = field(default=None, metadata={"items": {"minimum": 1}})
+    granule: int | None = field(
+        default=None, metadata={"minimum": 1, "description": "each rank's slice of a segment must be a multiple of "
+                                "this (head_dim for attention projections, so no head is split across ranks)"},
+    )
 
 
 @dataclass(kw_only=True, slots=True)

@@ -26,7 +26,7 @@ def _parse_buckets(_ctx: click.Context, _param: click.Parameter, value: str | No
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--model", "-m", required=True, help="Hub model id, local checkpoint directory, or a .gguf file.")
+@click.option("--model", "-m", default=None, help="Hub model id, local checkpoint directory, or a .gguf file.")
 @click.option("--task", default="auto", help="Task to export for; 'auto' infers it from the checkpoint.")
 @click.option("--batch_size", "--batch-size", type=click.IntRange(min=1), default=1, help="Compiled batch (slots).")
 @click.option("--sequence_length", "--sequence-length", type=click.IntRange(min=1), default=512,
@@ -60,6 +60,8 @@ def main(**options: object) -> None:
         for line in describe_backends():
             click.echo(line)
         return
+    if options["model"] is None:
+        raise click.UsageError("Missing option '--model' / '-m': a Hub model id, a checkpoint directory or a .gguf file.")
     if options["output"] is None:
         raise click.UsageError("Missing argument 'OUTPUT': the directory to write the artifact into.")
     from neuron_export.errors import ExportError

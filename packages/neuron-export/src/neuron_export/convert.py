@@ -80,20 +80,25 @@ def sharding_plan(family: type[Llama], model: DecoderModel) -> dict[str, dict]:
     for name in parameter_names(model):
         template, _ = _template(name)
         dim, rule = family.SHARDING.get(template, (None, None))
-        plan[name] = {"partition_dim": dim, "segments": family.segments(rule, model.arch)}
+        plan[name] = {"partition_dim": dim, "segments": family.segments(rule, model.arch),
+                      "granule": family.granule(template, model.arch)}
     return plan
 
 
-def shard(tensor: torch.Tensor, partition_dim: int | None, segments: list[int] | None, tp: int) -> list[torch.Tensor]:
-    """Split one parameter across `tp` ranks; each fused segment is split separately."""
+def shard(
+    tensor: torch.Tensor, partition_dim: int | None, segments: list[int] | None, tp: int, granule: int | None = None
+) -> list[torch.Tensor]:
+    """Split one parameter across `tp` ranks; each fused segment is split separately, in whole granules."""
     if partition_dim is None:
         return [tensor] * tp
     parts = list(tensor.split(segments, dim=partition_dim)) if segments else [tensor]
     for part in parts:
-        if part.shape[partition_dim] % tp:
+        size = part.shape[partition_dim]
+        if size % tp or (granule and (size // tp) % granule):
+            unit = f" in whole heads of {granule}" if granule else ""
             raise ValueError(
-                f"cannot shard a size-{part.shape[partition_dim]} segment along dim {partition_dim} over "
-                f"tensor_parallel_size={tp}; choose a tensor_parallel_size that divides it"
+                f"cannot shard a size-{size} segment along dim {partition_dim} over tensor_parallel_size={tp}{unit}; "
+                "choose a tensor_parallel_size that divides it (kv heads fewer than ranks need replication)"
             )
     chunks = [p.chunk(tp, dim=partition_dim) for p in parts]
     return [torch.cat([c[r] for c in chunks], dim=partition_dim) for r in range(tp)]

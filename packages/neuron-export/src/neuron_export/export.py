@@ -258,7 +258,7 @@ def _task(task: str, hf_config) -> str:
     archs = hf_config.architectures or []
     if task == "auto" and archs and not any(a.endswith("ForCausalLM") for a in archs):
         raise UnsupportedArchitectureError(
-            f"architecture {archs[0]} is not a causal LM; neuron-export supports causal LMs of model types "
+            f"architecture {archs[0]} is not supported for text generation; neuron-export supports causal LMs of model types "
             f"{', '.join(supported_model_types())}"
         )
     return "text-generation"

@@ -58,7 +58,7 @@ def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
     except Exception as err:
         if source.is_gguf:
             raise CheckpointError(
-                f"transformers cannot read the GGUF file {source.directory / source.gguf_file}: {err}. "
+                f"transformers cannot read the GGUF file {source.directory / source.gguf_file} ({str(err).rstrip('.')}). "
                 "Only GGUF architectures and quantization types transformers supports can be exported; "
                 "install the `gguf` package if it is missing."
             ) from err

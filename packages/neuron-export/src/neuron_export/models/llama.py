@@ -84,6 +84,13 @@ class Llama:
         return None if factor == 1.0 else int(head_dim * factor)
 
     @classmethod
+    def granule(cls, template: str, arch: DecoderArch) -> int | None:
+        """Attention projections shard in whole heads."""
+        if ".attn.qkv_proj." in template or ".attn.o_proj.weight" in template:
+            return arch.head_dim
+        return None
+
+    @classmethod
     def segments(cls, rule: str | None, arch: DecoderArch) -> list[int] | None:
         if rule == "qkv":
             kv = arch.num_kv_heads * arch.head_dim
