@@ -1,0 +1,95 @@
+"""vLLM settings checked against the artifact's compiled shapes, and request features refused.
+
+Each failure names the vLLM setting, its value, the artifact's value, and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from neuron_cache import CONFIG_NAME, NeuronConfig
+
+
+class UnsupportedSettingError(ValueError):
+    def __init__(self, setting: str, value: Any, message: str):
+        super().__init__(message)
+        self.setting, self.value = setting, value
+
+
+def is_artifact(model: str | None) -> bool:
+    return model is not None and (Path(model) / CONFIG_NAME).is_file()
+
+
+def _fail(setting: str, value: Any, allowed: str, fix: str) -> UnsupportedSettingError:
+    return UnsupportedSettingError(setting, value,
+                                   f"neuron-vllm: {setting}={value!r} is not supported: {allowed}. Fix: {fix}.")
+
+
+def check_engine_config(vllm_config: Any, neuron: NeuronConfig, root: str) -> None:
+    """Refuse vLLM settings the compiled graphs cannot honour (called once per VllmConfig)."""
+    model, sched, par = vllm_config.model_config, vllm_config.scheduler_config, vllm_config.parallel_config
+    if sched.max_num_seqs > neuron.batch_size:
+        raise _fail("max_num_seqs", sched.max_num_seqs, f"at most the artifact's compiled batch_size={neuron.batch_size}",
+                    f"pass max_num_seqs={neuron.batch_size} (--max-num-seqs), or re-export with a larger --batch_size")
+    if model.max_model_len > neuron.sequence_length:
+        raise _fail("max_model_len", model.max_model_len,
+                    f"at most the artifact's compiled sequence_length={neuron.sequence_length}",
+                    f"pass max_model_len={neuron.sequence_length} (--max-model-len), or re-export with a larger "
+                    "--sequence_length")
+    dtype = str(model.dtype).removeprefix("torch.")
+    if dtype != neuron.torch_dtype:
+        raise _fail("dtype", dtype, f"the artifact was compiled for torch_dtype={neuron.torch_dtype}",
+                    f"pass dtype='{neuron.torch_dtype}' (--dtype {neuron.torch_dtype}), or re-export with that dtype")
+    if par.tensor_parallel_size != neuron.tensor_parallel_size:
+        raise _fail("tensor_parallel_size", par.tensor_parallel_size,
+                    f"the artifact was compiled for tensor_parallel_size={neuron.tensor_parallel_size}",
+                    f"pass --tensor-parallel-size {neuron.tensor_parallel_size}, or re-export")
+    if par.pipeline_parallel_size != 1 or par.data_parallel_size != 1:
+        raise _fail("pipeline/data_parallel_size", (par.pipeline_parallel_size, par.data_parallel_size),
+                    "1 each (an artifact is one compiled model instance)", "run one server per artifact copy")
+    if vllm_config.lora_config is not None:
+        raise _fail("enable_lora", True, "compiled graphs carry no LoRA adapters",
+                    "merge the adapter into the checkpoint and re-export, or serve without --enable-lora")
+    if vllm_config.speculative_config is not None:
+        raise _fail("speculative_config", "set", "no speculation graph in neuron-vllm", "remove the speculative config")
+    if model.runner_type != "generate":
+        raise _fail("runner", model.runner_type, "only text generation ('generate')", "serve a text-generation artifact")
+    if model.quantization is not None:
+        raise _fail("quantization", model.quantization, "weights are as exported", "drop --quantization")
+
+
+def check_request(params: Any, prompt_len: int | None, neuron: NeuronConfig, max_logprobs: bool) -> None:
+    """Refuse a request's features the runner does not implement. Runs in the front end, before the
+    request reaches the engine, so the OpenAI server answers 400 instead of failing the step (500)."""
+    sp = params
+    if not hasattr(sp, "temperature"):
+        raise _fail("task", type(sp).__name__, "only text generation", "send a completion or chat request")
+    if prompt_len is not None and prompt_len > neuron.max_context_length:
+        raise _fail("prompt length", prompt_len,
+                    f"at most the artifact's max_context_length={neuron.max_context_length} tokens",
+                    "shorten the prompt, or re-export with a larger --max_context_length")
+    refused = {
+        "prompt_logprobs": (sp.prompt_logprobs, None, "omit prompt_logprobs (echo + logprobs)"),
+        "presence_penalty": (sp.presence_penalty, 0.0, "omit presence_penalty"),
+        "frequency_penalty": (sp.frequency_penalty, 0.0, "omit frequency_penalty"),
+        "repetition_penalty": (sp.repetition_penalty, 1.0, "omit repetition_penalty"),
+        "min_p": (sp.min_p, 0.0, "omit min_p; use top_p or top_k"),
+        "min_tokens": (sp.min_tokens, 0, "omit min_tokens"),
+        "logit_bias": (sp.logit_bias or None, None, "omit logit_bias"),
+        "allowed_token_ids": (sp.allowed_token_ids or None, None, "omit allowed_token_ids"),
+        "bad_words": (sp.bad_words or None, None, "omit bad_words"),
+        "structured_outputs": (sp.structured_outputs, None, "omit response_format / guided decoding"),
+        "watermarking": (sp.watermarking or None, None, "omit watermarking"),
+        "logprob_token_ids": (sp.logprob_token_ids or None, None, "omit logprob_token_ids"),
+        "prompt_logprob_token_ids": (sp.prompt_logprob_token_ids or None, None, "omit prompt_logprob_token_ids"),
+    }
+    for name, (value, default, fix) in refused.items():
+        if value != default:
+            raise _fail(name, value, f"neuron-vllm supports only the default ({default!r})", fix)
+    if sp.logprobs is not None and not max_logprobs:
+        raise _fail("logprobs", sp.logprobs, "this artifact samples on device and returns no logits",
+                    "omit logprobs, or re-export without --on_device_sampling")
+    if sp.logprobs is not None and sp.logprobs < 0:
+        raise _fail("logprobs", sp.logprobs, "a count >= 0 (full-vocabulary logprobs are not returned)",
+                    "ask for at most 20 logprobs")

@@ -1,0 +1,72 @@
+"""NeuronPlatform: vLLM's CPU platform, plus the neuron worker for models that are neuron artifacts.
+
+vLLM resolves the platform once per process, before any model is known (register() takes no
+arguments), so this class must serve every model: for a directory holding neuron_config.json it
+installs the neuron worker and checks vLLM's settings against the compiled shapes; for anything
+else it defers entirely to CpuPlatform, so installing neuron-vllm changes nothing for other models.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from vllm.platforms.cpu import CpuPlatform
+
+from neuron_cache import NeuronConfig
+from neuron_vllm.checks import UnsupportedSettingError, check_engine_config, check_request, is_artifact
+
+logger = logging.getLogger("vllm.neuron_vllm")  # vLLM shows only loggers under `vllm.`
+
+WORKER = "neuron_vllm.worker.NeuronWorker"
+
+
+class NeuronPlatform(CpuPlatform):
+    # The CPU enum is deliberate: for non-artifacts this platform *is* vLLM's CPU platform, and
+    # the neuron worker runs host-side graphs, so every `is_cpu()` branch in vLLM applies to both.
+    device_name = "cpu"
+
+    # The artifact served by this process, set when its VllmConfig is checked (front end and
+    # engine core each check theirs). validate_request reads it: the hook gets no config.
+    artifact: ClassVar[NeuronConfig | None] = None
+
+    @classmethod
+    def check_and_update_config(cls, vllm_config: Any) -> None:
+        model_config = vllm_config.model_config
+        if model_config is None or not is_artifact(model_config.model):
+            super().check_and_update_config(vllm_config)
+            return
+        neuron = NeuronConfig.load(f"{model_config.model}/neuron_config.json")
+        check_engine_config(vllm_config, neuron, model_config.model)
+        cls.artifact = neuron
+        # The artifact owns its KV cache: vLLM's block manager sees no cache, so prefix caching
+        # would have nothing to share (and asserts), and prompts are never chunked or preempted.
+        vllm_config.cache_config.enable_prefix_caching = False
+        vllm_config.scheduler_config.async_scheduling = False
+        parallel = vllm_config.parallel_config
+        if parallel.worker_cls == "auto":
+            parallel.worker_cls = WORKER
+        # One worker in the engine-core process: the graphs are host code, there is no device to
+        # isolate and no rank to coordinate.
+        parallel.distributed_executor_backend = "uni"
+        from vllm.config import CompilationMode
+
+        vllm_config.compilation_config.mode = CompilationMode.NONE  # graphs are compiled already
+        vllm_config.compilation_config.cudagraph_capture_sizes = []
+        logger.info("neuron-vllm: serving artifact %s (batch %d, sequence %d, context buckets %s, %s)",
+                    model_config.model, neuron.batch_size, neuron.sequence_length, neuron.context_buckets,
+                    neuron.torch_dtype)
+
+    @classmethod
+    def validate_request(cls, processed_inputs: Any, params: Any) -> None:
+        if cls.artifact is None:
+            super().validate_request(processed_inputs, params)
+            return
+        from vllm.exceptions import VLLMValidationError
+
+        prompt = processed_inputs.get("prompt_token_ids") if isinstance(processed_inputs, dict) else None
+        try:
+            check_request(params, len(prompt) if prompt is not None else None, cls.artifact,
+                          max_logprobs=not cls.artifact.on_device_sampling)
+        except UnsupportedSettingError as err:  # vLLM answers this one with HTTP 400, naming the parameter
+            raise VLLMValidationError(str(err), parameter=err.setting, value=err.value) from None

@@ -1,0 +1,90 @@
+"""NeuronWorker: the vLLM worker that loads an artifact and runs it through NeuronModelRunner.
+
+The artifact owns its KV cache, so the worker reports no KV-cache spec: vLLM then allocates no
+blocks, disables chunked prefill and never preempts. Only what vLLM 0.32 calls is implemented;
+LoRA and the rest are refused in checks.py before a worker exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.worker.worker_base import CompilationTimes, WorkerBase
+
+from neuron_cache import Artifact
+from neuron_infer import DecoderRuntime
+from neuron_infer.engine import BatchExecutor
+from neuron_vllm.runner import NeuronModelRunner
+
+logger = logging.getLogger("vllm.neuron_vllm.worker")
+
+
+class NeuronWorker(WorkerBase):
+    runner: NeuronModelRunner | None = None
+
+    def init_device(self) -> None:
+        self.device = torch.device("cpu")
+
+    def load_model(self, *, load_dummy_weights: bool = False) -> None:
+        if load_dummy_weights:
+            raise ValueError("neuron-vllm loads the artifact's exported weights; load_format='dummy' is not supported")
+        t = time.perf_counter()
+        runtime = DecoderRuntime(Artifact.open(self.model_config.model))
+        self.runner = NeuronModelRunner(BatchExecutor(runtime))
+        logger.info("neuron-vllm: loaded %s in %.1f s", self.model_config.model, time.perf_counter() - t)
+
+    def compile_or_warm_up_model(self) -> CompilationTimes:
+        # Graphs are compiled at export; loading every bucket now keeps the first requests fast.
+        t = time.perf_counter()
+        self.runner.executor.runtime.warmup()
+        return CompilationTimes(language_model=time.perf_counter() - t, encoder=0.0)
+
+    # ---- the KV cache belongs to the artifact ------------------------------------------------
+    def get_kv_cache_spec(self) -> dict[str, Any]:
+        return {}
+
+    def get_supported_kv_cache_layouts(self) -> list[str]:
+        return ["LBNHC"]  # any valid name: with no KV-cache spec vLLM never lays out a cache
+
+    def determine_available_memory(self) -> int:
+        return 0
+
+    def initialize_from_config(self, kv_cache_configs: Any) -> None:
+        return None
+
+    def get_supported_tasks(self) -> tuple[str, ...]:
+        return ("generate",)
+
+    # ---- stepping ------------------------------------------------------------------------------
+    def execute_model(self, scheduler_output: Any) -> ModelRunnerOutput:
+        req_ids, sampled, logprobs = self.runner.execute(scheduler_output)
+        return ModelRunnerOutput(req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)},
+                                 sampled_token_ids=sampled, logprobs=logprobs)
+
+    def take_draft_token_ids(self) -> None:
+        return None
+
+    def get_model(self) -> Any:
+        raise NotImplementedError("neuron-vllm runs compiled graphs; there is no torch.nn.Module to hand out")
+
+    def add_lora(self, lora_request: Any) -> bool:
+        raise ValueError("neuron-vllm does not support LoRA: merge the adapter and re-export")
+
+    def remove_lora(self, lora_id: int) -> bool:
+        return False
+
+    def pin_lora(self, lora_id: int) -> bool:
+        return False
+
+    def list_loras(self) -> set[int]:
+        return set()
+
+    def check_health(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        self.runner = None
