@@ -15,7 +15,23 @@ VARIANTS = ("tp1", "tp2", "tp2_sp", "tp2_sp_gc")
 def numerics(tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("numerics")
     torchrun("numerics.py", out, timeout=240)
-    return {m: torch.load(out / f"numerics_{m}.pt") for m in MODELS}
+    return {**{m: torch.load(out / f"numerics_{m}.pt") for m in MODELS}, "layers": torch.load(out / "layers.pt")}
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_parallel_layers_match_dense_ops(numerics) -> None:
+    """Embedding -> ColumnParallel(gather_output) -> RowParallel(input_is_parallel=False) at tp=2
+    equals the same dense computation, forward and backward (gather/scatter pairs' gradients)."""
+    d = numerics["layers"]
+    x = d["x"].clone().requires_grad_(True)
+    w1 = d["w1"].clone().requires_grad_(True)
+    h = torch.nn.functional.linear(x + torch.nn.functional.embedding(d["ids"], d["emb"]), w1, d["b1"])
+    y = torch.nn.functional.linear(h, d["w2"], d["b2"])
+    (y * torch.arange(5.0)).sum().backward()
+    torch.testing.assert_close(d["y"], y.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(d["x_grad"], x.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(d["w1_grad"], w1.grad, atol=1e-5, rtol=1e-5)
 
 
 def _assert_grads_close(got: dict, want: dict, what: str) -> None:

@@ -55,19 +55,22 @@ def grad_norm(params: Iterable[nn.Parameter], dims: ParallelDims) -> torch.Tenso
     """Global L2 norm of the unsharded gradient: copies held by several TP ranks count once."""
     params = list(params)
     total = torch.zeros((), dtype=torch.float64, device=params[0].device if params else None)
+    def sq(t: torch.Tensor) -> torch.Tensor:  # per-tensor norm in the grad's dtype, summed in fp64
+        return torch.linalg.vector_norm(t).double() ** 2
+
     for p in params:
         if p.grad is None:
             continue
-        g = p.grad.double()
+        g = p.grad
         if getattr(p, "nt_tp_replicated", False):
-            total += g.pow(2).sum() / dims.tp
+            total += sq(g) / dims.tp
             continue
         kv = getattr(p, "nt_kv_rows", None)
         if kv is not None:
             start, _, rep = kv
-            total += g[:start].pow(2).sum() + g[start:].pow(2).sum() / rep
+            total += sq(g[:start]) + sq(g[start:]) / rep
         else:
-            total += g.pow(2).sum()
+            total += sq(g)
     all_reduce_(total, dims.tp_group)
     return total.sqrt().float()
 

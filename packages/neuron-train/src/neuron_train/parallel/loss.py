@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from neuron_train.parallel.comm import all_reduce_
 
@@ -30,7 +31,7 @@ class _VocabParallelCE(torch.autograd.Function):
         target = shifted.gather(-1, idx.unsqueeze(-1)).squeeze(-1).masked_fill(~mine, 0.0)
         all_reduce_(target, group)
 
-        exp = shifted.exp()
+        exp = shifted.exp_()  # in place: `shifted` is our own tensor and no longer needed
         sum_exp = exp.sum(dim=-1)
         all_reduce_(sum_exp, group)
         loss = (sum_exp.log() - target).masked_fill(ignore, 0.0)
@@ -51,4 +52,8 @@ def vocab_parallel_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, *, vocab_start: int = 0, group: dist.ProcessGroup | None = None
 ) -> torch.Tensor:
     """Per-token loss (0 where labels == -100) for logits (..., V/tp) holding vocab [start, start+V/tp)."""
+    if group is None or dist.get_world_size(group) == 1:
+        # Whole vocabulary here: torch's fused kernel, the one transformers' loss uses.
+        return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="none").view(labels.shape)
     return _VocabParallelCE.apply(logits, labels, vocab_start, group)

@@ -23,8 +23,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, args: NeuronTrainingArguments, dims: ParallelDims) -> torch.optim.Optimizer:
-    kwargs = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
     groups = param_groups(model, args.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    # The fused kernel (CPU and CUDA, float params) is what transformers.Trainer uses by default.
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    kwargs = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, fused=fused)
     if args.zero_1 and dims.dp > 1:
         # Each DP rank keeps Adam moments for its share of this TP rank's parameters and broadcasts
         # the updated values after step(): optimizer memory / dp, gradients still all-reduced.
