@@ -73,20 +73,26 @@ class NeuronModelRunner:
             self._sync(rid, cached.all_token_ids.get(rid), rid in cached.resumed_req_ids)
 
         req_ids = list(so.num_scheduled_tokens)
-        results: dict[str, StepResult] = {}
         decodes: dict[int, tuple[str, DecodeEntry]] = {}
+        prefills: list[str] = []
         for rid in req_ids:
             seq = self.seqs[rid]
             if seq.prefilled:
-                pos = len(seq.token_ids) - 1
-                decodes[seq.slot] = (rid, DecodeEntry(seq.token_ids[-1], pos, seq.sampler))
+                decodes[seq.slot] = (rid, DecodeEntry(seq.token_ids[-1], len(seq.token_ids) - 1, seq.sampler))
             elif computed.get(rid, 0) + so.num_scheduled_tokens[rid] >= len(seq.token_ids):
-                results[rid] = self._prefill(rid, seq)
+                prefills.append(rid)
             # else: a chunk of a longer prompt; prefill when the last chunk is scheduled.
+        results: dict[str, StepResult] = {}
         if decodes:
-            out = self.executor.decode({slot: entry for slot, (_, entry) in decodes.items()})
+            # Decode before prefilling, so this step's prefills are not yet live. Live sequences
+            # that sample nothing now keep their KV rows (see BatchExecutor.decode).
+            hold = {seq.slot: (seq.token_ids[-1], len(seq.token_ids) - 1) for seq in self.seqs.values()
+                    if seq.prefilled and seq.slot is not None and seq.slot not in decodes}
+            out = self.executor.decode({slot: entry for slot, (_, entry) in decodes.items()}, hold)
             for slot, (rid, _) in decodes.items():
                 results[rid] = out[slot]
+        for rid in prefills:
+            results[rid] = self._prefill(rid, self.seqs[rid])
         sampled = []
         for rid in req_ids:
             if rid in results:

@@ -75,15 +75,21 @@ class BatchExecutor:
         logits = self.runtime.prefill(ids, slot).float()
         return StepResult(sampler.pick(logits), logits)
 
-    def decode(self, entries: Mapping[int, DecodeEntry]) -> dict[int, StepResult]:
-        """One token-generation step over the whole compiled batch; idle rows run token 0 at position 0.
+    def decode(self, entries: Mapping[int, DecodeEntry],
+               hold: Mapping[int, tuple[int, int]] | None = None) -> dict[int, StepResult]:
+        """One token-generation step over the whole compiled batch; returns a token for each entry.
 
-        An idle row writes garbage into its own KV row 0, which the next prefill of that slot
-        overwrites before anything reads it.
+        Every row runs, and every row writes its KV cache at its position. A free row runs token 0
+        at position 0, garbage the next prefill of that slot overwrites. A row that holds a live
+        sequence but samples nothing now (vLLM prefilled it this step, or skipped it) must not get
+        that garbage in its row 0: `hold` gives it (last token, its position), so it rewrites exactly
+        the KV entry its next real decode will write, and its output is dropped.
         """
         B = self.batch_size
         tokens = torch.zeros(B, dtype=torch.long)
         positions = torch.zeros(B, dtype=torch.long)
+        for slot, (token, position) in (hold or {}).items():
+            tokens[slot], positions[slot] = token, position
         for slot, e in entries.items():
             tokens[slot], positions[slot] = e.token, e.position
         if self.on_device_sampling:

