@@ -5,6 +5,7 @@ from neuron_cache.artifact import Artifact, sha256_file
 from neuron_cache.config import (
     CONFIG_NAME,
     SCHEMA_VERSION,
+    DerivedTensor,
     FileEntry,
     GraphEntry,
     NeuronConfig,
@@ -21,6 +22,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Artifact",
     "ArtifactError",
+    "DerivedTensor",
     "FileEntry",
     "GraphEntry",
     "NeuronConfig",

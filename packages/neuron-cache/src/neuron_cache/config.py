@@ -107,6 +107,19 @@ class FileEntry:
     sha256: str = field(metadata={"pattern": _SHA256, "description": _SHA256_MEANING})
 
 
+DERIVED_OPS = ("mkl_packed_linear",)
+
+
+@dataclass(kw_only=True, slots=True)
+class DerivedTensor:
+    """A graph constant the runtime computes at load from a stored tensor, never stored itself
+    (e.g. a weight pre-packed for the CPU's GEMV kernels: its layout belongs to the loading machine)."""
+
+    op: str = field(metadata={"enum": list(DERIVED_OPS)})
+    source: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(kw_only=True, slots=True)
 class WeightsSpec:
     """The weight files (bound to the graphs at load) and the per-parameter sharding plan."""
@@ -115,6 +128,9 @@ class WeightsSpec:
     sharding: dict[str, ShardSpec] = field(default_factory=dict)
     aliases: dict[str, str] = field(
         default_factory=dict, metadata={"description": "graph constant name -> stored tensor name (tied weights)"}
+    )
+    derived: dict[str, DerivedTensor] = field(
+        default_factory=dict, metadata={"description": "graph constant name -> how the runtime computes it at load"}
     )
 
 

@@ -42,6 +42,8 @@ def _parse_buckets(_ctx: click.Context, _param: click.Parameter, value: str | No
               help="Sample inside the graph (top-k/top-p/temperature per row) instead of returning logits.")
 @click.option("--max_topk", "--max-topk", type=click.IntRange(min=1), default=256,
               help="Largest top_k the on-device sampler supports.")
+@click.option("--prepack-weights/--no-prepack-weights", default=None,
+              help="Decode on weights pre-packed at load for MKL's GEMV (default: on for cpu float32).")
 @click.option("--backend", default="torch-aot", help="Compile backend (see --list-backends).")
 @click.option("--target", default=None, help="Device target, e.g. cpu, cuda, trn1, inf2; default: the backend's.")
 @click.option("--atol", type=float, default=None, help="Validation tolerance on logits; default depends on dtype.")

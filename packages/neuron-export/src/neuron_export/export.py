@@ -20,6 +20,7 @@ from neuron_cache import (
     SCHEMA_VERSION,
     FileEntry,
     GraphEntry,
+    DerivedTensor,
     NeuronConfig,
     NeuronConfigError,
     Producer,
@@ -67,6 +68,7 @@ class ExportOptions:
     disable_neuron_cache: bool = False
     cache_url: str | None = None
     revision: str | None = None
+    prepack_weights: bool | None = None  # None: on where the target supports it (cpu, float32, MKL)
     flags: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -102,7 +104,7 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
     dtype = _dtype(options.torch_dtype, hf_config, source.is_gguf)
     backend = get_backend(options.backend)
     target = options.target or backend.default_target
-    shapes = _shapes(options, hf_config, dtype)
+    shapes = _shapes(options, hf_config, dtype, _prepack(options, dtype, target))
     log(f"Exporting {options.model} ({hf_config.model_type}, {family.__name__}) for {task}: batch {shapes.batch_size}, "
         f"sequence {shapes.sequence_length}, buckets {shapes.context_buckets}, {dtype}, backend {backend.name}/{target}")
 
@@ -145,6 +147,7 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
             files=[FileEntry(path=weight_file, sha256=sha256_file(out / weight_file))],
             sharding={k: ShardSpec(**v) for k, v in sharding_plan(family_, model).items()},
             aliases=tied_aliases(model),
+            derived={k: DerivedTensor(**v) for k, v in model.derived_constants().items()},
         ),
         state=[TensorSpec(name=n, shape=list(b.shape), dtype=str(b.dtype).removeprefix("torch."))
                for n, b in model.named_buffers() if n in set(model.state_names())],
@@ -216,16 +219,16 @@ def _graph_shape_fields(shapes: StaticShapes) -> dict[str, Any]:
     graph for bucket 128 is the same whichever other buckets an export asks for."""
     return {"batch_size": shapes.batch_size, "sequence_length": shapes.sequence_length, "torch_dtype": shapes.dtype,
             "on_device_sampling": shapes.on_device_sampling, "max_topk": shapes.max_topk,
-            "tensor_parallel_size": 1}
+            "tensor_parallel_size": 1, "prepacked_decode": shapes.prepacked_decode}
 
 
 def _write_weights(model, out: Path) -> str:
     """Every constant the graphs bind except the KV cache: parameters (each tensor once) and rope tables."""
     from safetensors.torch import save_file
 
-    state = set(model.state_names())
+    skip = set(model.state_names()) | set(model.derived_constants())  # runtime-allocated or runtime-derived
     tensors = {n: p.detach().contiguous() for n, p in model.named_parameters()}
-    tensors.update({n: b.contiguous() for n, b in model.named_buffers() if n not in state})
+    tensors.update({n: b.contiguous() for n, b in model.named_buffers() if n not in skip})
     rel = f"{WEIGHTS_DIR}/model.safetensors"
     save_file(tensors, str(out / rel), metadata={"format": "pt", "producer": f"neuron-export {__version__}"})
     return rel
@@ -252,6 +255,18 @@ def _save_generation_config(hf_config, out: Path) -> None:
     GenerationConfig.from_model_config(hf_config).save_pretrained(out)
 
 
+def _prepack(options: ExportOptions, dtype: str, target: str) -> bool:
+    from neuron_export.models.linear import prepack_available
+
+    available = prepack_available(dtype, target)
+    if options.prepack_weights and not available:
+        raise ExportError(
+            f"--prepack-weights needs target cpu, float32 and an MKL build of torch (got target {target}, {dtype}); "
+            "drop the flag"
+        )
+    return available if options.prepack_weights is None else options.prepack_weights
+
+
 def _task(task: str, hf_config) -> str:
     if task not in ("auto", "text-generation"):
         raise ExportError(f"--task {task!r} is not supported yet; supported: text-generation (or auto)")
@@ -274,7 +289,7 @@ def _dtype(requested: str, hf_config, is_gguf: bool) -> str:
     return name if name in DEFAULT_ATOL else "float32"
 
 
-def _shapes(options: ExportOptions, hf_config, dtype: str) -> StaticShapes:
+def _shapes(options: ExportOptions, hf_config, dtype: str, prepacked: bool) -> StaticShapes:
     max_ctx = options.max_context_length or options.sequence_length
     buckets = options.context_buckets or default_buckets(max_ctx)
     if options.max_context_length is None and options.context_buckets:
@@ -299,4 +314,4 @@ def _shapes(options: ExportOptions, hf_config, dtype: str) -> StaticShapes:
         raise ShapeError(str(err).replace("neuron_config field", "option")) from None
     return StaticShapes(batch_size=options.batch_size, sequence_length=options.sequence_length,
                         context_buckets=buckets, dtype=dtype, on_device_sampling=options.on_device_sampling,
-                        max_topk=options.max_topk)
+                        max_topk=options.max_topk, prepacked_decode=prepacked)

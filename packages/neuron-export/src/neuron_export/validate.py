@@ -26,6 +26,10 @@ def load_constants(root: Path, config: NeuronConfig) -> dict[str, torch.Tensor]:
         constants[alias] = constants[name]
     for spec in config.state:
         constants[spec.name] = torch.zeros(spec.shape, dtype=getattr(torch, spec.dtype))
+    for name, spec in config.weights.derived.items():  # pre-packed weights (models/linear.py)
+        from neuron_export.models.linear import pack
+
+        constants[name] = pack(constants[spec.source], int(spec.args["batch_size"]))
     return constants
 
 

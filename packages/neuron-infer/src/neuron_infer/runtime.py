@@ -38,6 +38,19 @@ def check_compatible(config: NeuronConfig, root: Path) -> None:
         raise RuntimeError(f"tensor_parallel_size={config.tensor_parallel_size} artifacts need a multi-rank runtime")
 
 
+def derive_constants(config, constants: dict) -> None:
+    """Compute the constants the artifact says to derive at load (pre-packed weights)."""
+    for name, spec in config.weights.derived.items():
+        if spec.op != "mkl_packed_linear":
+            raise RuntimeError(f"weights.derived.{name}: unknown op '{spec.op}'; upgrade this package")
+        if not torch._C.has_mkl:
+            raise RuntimeError(
+                f"this artifact decodes with MKL-packed weights, but this torch build has no MKL; "
+                "re-export with --no-prepack-weights"
+            )
+        constants[name] = torch.ops.mkl._mkl_reorder_linear_weight(constants[spec.source], int(spec.args["batch_size"]))
+
+
 class DecoderRuntime:
     def __init__(self, artifact: Artifact):
         self.root, self.config = artifact.root, artifact.config
@@ -58,6 +71,7 @@ class DecoderRuntime:
             constants[alias] = constants[name]
         for spec in self.config.state:
             constants[spec.name] = torch.zeros(spec.shape, dtype=getattr(torch, spec.dtype))
+        derive_constants(self.config, constants)
         return constants
 
     def _load(self, name: str) -> Graph:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(kw_only=True, slots=True)
@@ -64,7 +64,7 @@ class StaticShapes:
     dtype: str = "float32"
     on_device_sampling: bool = False
     max_topk: int = 256
-    extra: dict[str, int] = field(default_factory=dict)
+    prepacked_decode: bool = False  # decode GEMVs on weights pre-packed at load (see models/linear.py)
 
     @property
     def max_context_length(self) -> int:
