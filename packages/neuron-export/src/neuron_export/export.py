@@ -18,9 +18,9 @@ import torch
 
 from neuron_cache import (
     SCHEMA_VERSION,
+    DerivedTensor,
     FileEntry,
     GraphEntry,
-    DerivedTensor,
     NeuronConfig,
     NeuronConfigError,
     Producer,

@@ -45,7 +45,7 @@ def derive_constants(config, constants: dict) -> None:
             raise RuntimeError(f"weights.derived.{name}: unknown op '{spec.op}'; upgrade this package")
         if not torch._C.has_mkl:
             raise RuntimeError(
-                f"this artifact decodes with MKL-packed weights, but this torch build has no MKL; "
+                "this artifact decodes with MKL-packed weights, but this torch build has no MKL; "
                 "re-export with --no-prepack-weights"
             )
         constants[name] = torch.ops.mkl._mkl_reorder_linear_weight(constants[spec.source], int(spec.args["batch_size"]))
