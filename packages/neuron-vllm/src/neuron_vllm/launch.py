@@ -87,7 +87,7 @@ def resolve_artifact(opts: ServeOptions, log=print) -> Path:
 
 
 def export_command(opts: ServeOptions, out: Path) -> list[str]:
-    args = ["--model", opts.model, "--output", str(out), "--backend", opts.backend]
+    args = ["--model", opts.model, "--backend", opts.backend]
     for name in ("batch_size", "sequence_length", "max_context_length", "tensor_parallel_size", "torch_dtype"):
         value = getattr(opts, name)
         if value is None:
@@ -96,7 +96,9 @@ def export_command(opts: ServeOptions, out: Path) -> list[str]:
             args += [f"--{name}", str(value)]
     if opts.context_buckets:
         args += ["--context_buckets", ",".join(map(str, opts.context_buckets))]
-    return [sys.executable, "-c", "from neuron_export.cli import main; main()", *args]
+    # The console script may live outside this interpreter's bin; run the same module instead.
+    return [sys.executable, "-c", "from neuron_export.cli import main; main(prog_name='neuron-export')", *args,
+            str(out)]
 
 
 def export(opts: ServeOptions, out: Path, log=print) -> None:
