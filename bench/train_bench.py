@@ -4,11 +4,11 @@
    NeuronTrainer at tp=1 vs transformers.Trainer, same batches size, same run.
 2. Tensor-parallel overhead: a SmolLM2-shaped model with 8 query / 2 kv heads (SmolLM2's 9 heads do
    not split over 2 ranks; head_dim 72 keeps hidden 576), random weights, tp=1 in one process vs
-   tp=2 (with sequence parallelism) on two torchrun processes.
+   tp=2 (with sequence parallelism) on two torchrun processes, the same threads per process.
 
 Tokens are real (non-pad) tokens; rates exclude the first --warmup steps.
 
-    .hatch/test/bin/python bench/train_bench.py [--steps 8] [--warmup 2] [--batch-size 4]
+    .hatch/test/bin/python bench/train_bench.py [--steps 8] [--warmup 2] [--batch-size 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -124,9 +124,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--max-seq-length", type=int, default=96)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (OpenMP barriers make 2 threads several times slower on a busy host)")
     p.add_argument("--model-dir", default=str(Path.home() / ".cache/neuron-train/smollm2-135m-instruct"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -145,33 +147,32 @@ def main() -> None:
     dataset = load_data(tok, a.max_seq_length)
     # Other processes share these CPUs and their load drifts: alternate the contenders (ABAB...) and
     # record the load average beside every figure.
-    ours_runs, hf_runs, tp1_runs, tp1t1_runs, tp2_runs, loads = [], [], [], [], [], []
+    torch.set_num_threads(a.threads)
+    ours_runs, hf_runs, tp1_runs, tp2_runs, loads = [], [], [], [], []
     with tempfile.TemporaryDirectory() as d:
         for r in range(a.rounds):
             ours_runs.append(bench_neuron(model_dir, dataset, a, Path(d) / f"neuron{r}"))
             hf_runs.append(bench_hf_trainer(model_dir, dataset, a, Path(d) / f"hf{r}", tok.pad_token_id))
             loads.append(os.getloadavg()[0])
     for _ in range(a.rounds):
-        tp1_runs.append(run_tp(a, 1, threads=2))
-        tp1t1_runs.append(run_tp(a, 1, threads=1))
-        tp2_runs.append(run_tp(a, 2, threads=1))
+        tp1_runs.append(run_tp(a, 1, threads=a.threads))
+        tp2_runs.append(run_tp(a, 2, threads=a.threads))
         loads.append(os.getloadavg()[0])
     ours, hf = sum(ours_runs) / a.rounds, sum(hf_runs) / a.rounds
-    tp1, tp1t1, tp2 = (sum(r) / a.rounds for r in (tp1_runs, tp1t1_runs, tp2_runs))
+    tp1, tp2 = (sum(r) / a.rounds for r in (tp1_runs, tp2_runs))
 
-    print(f"\ntorch {torch.__version__}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+    print(f"\ntorch {torch.__version__}, {os.cpu_count()} CPUs, torch threads per process {torch.get_num_threads()}, "
           f"batch {a.batch_size} x <= {a.max_seq_length} tokens, fp32, AdamW, {a.steps} timed steps after {a.warmup}")
     print(f"rounds {a.rounds} (alternating); 1-min load average after each round: {[round(x, 1) for x in loads]}")
     print(f"per round: Trainer {[round(x, 1) for x in hf_runs]}, NeuronTrainer {[round(x, 1) for x in ours_runs]}, "
-          f"tp=1 {[round(x, 1) for x in tp1_runs]}, tp=1/1 thread {[round(x, 1) for x in tp1t1_runs]}, "
-          f"tp=2 {[round(x, 1) for x in tp2_runs]}")
-    print(f"{'run':<58} {'tokens/s':>10}")
-    print(f"{'SmolLM2-135M  transformers.Trainer (1 process)':<58} {hf:>10.1f}")
-    print(f"{'SmolLM2-135M  NeuronTrainer tp=1 (1 process)':<58} {ours:>10.1f}   ({ours / hf:.2f}x Trainer)")
-    print(f"{'SmolLM2-shaped 8/2 heads  tp=1, 1 process x 2 threads':<58} {tp1:>10.1f}")
-    print(f"{'SmolLM2-shaped 8/2 heads  tp=1, 1 process x 1 thread':<58} {tp1t1:>10.1f}")
-    print(f"{'SmolLM2-shaped 8/2 heads  tp=2 + SP, 2 processes x 1 thread':<58} {tp2:>10.1f}   "
-          f"({tp2 / tp1t1:.2f}x one thread: parallel efficiency {tp2 / (2 * tp1t1):.0%})")
+          f"tp=1 {[round(x, 1) for x in tp1_runs]}, tp=2 {[round(x, 1) for x in tp2_runs]}")
+    print(f"{'run':<62} {'tokens/s':>10}")
+    print(f"{'SmolLM2-135M  transformers.Trainer (1 process)':<62} {hf:>10.1f}")
+    print(f"{'SmolLM2-135M  NeuronTrainer tp=1 (1 process)':<62} {ours:>10.1f}   ({ours / hf:.2f}x Trainer)")
+    t = a.threads
+    print(f"{f'SmolLM2-shaped 8/2 heads  tp=1, 1 process x {t} thread(s)':<62} {tp1:>10.1f}")
+    print(f"{f'SmolLM2-shaped 8/2 heads  tp=2 + SP, 2 processes x {t} thread(s)':<62} {tp2:>10.1f}   "
+          f"({tp2 / tp1:.2f}x tp=1: parallel efficiency {tp2 / (2 * tp1):.0%})")
 
 
 if __name__ == "__main__":
