@@ -37,3 +37,25 @@ def test_a_held_slot_keeps_its_kv_rows(executor, reference_model):
 def test_without_hold_an_idle_live_slot_is_clobbered(executor, reference_model):
     # The control: the idle row's token-0-at-position-0 write lands in slot 1's row 0.
     assert continue_b_after_an_a_only_step(executor, hold_b=False) != transformers_greedy(reference_model, B, 6)
+
+
+@pytest.fixture(scope="module")
+def on_device_executor(tiny_checkpoint, tmp_path_factory) -> BatchExecutor:
+    from engine_testlib import export_tiny
+
+    art = export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("ods") / "tiny-ods", on_device_sampling=True)
+    return BatchExecutor(DecoderRuntime(Artifact.open(art)))
+
+
+def test_on_device_sampling_graphs_decode_greedy_and_seeded(on_device_executor, reference_model):
+    from neuron_infer.engine import Engine, RequestParams
+
+    assert on_device_executor.on_device_sampling
+    with Engine(on_device_executor.runtime) as engine:
+        greedy = engine.add_request(A, RequestParams(max_tokens=6, ignore_eos=True))
+        sampled = [engine.add_request(A, RequestParams(max_tokens=6, temperature=1.0, seed=s, ignore_eos=True))
+                   for s in (3, 3, 4)]
+        assert greedy.result().token_ids == transformers_greedy(reference_model, A, 6)
+        runs = [h.result().token_ids for h in sampled]
+    assert runs[0] == runs[1] != runs[2]
+    assert on_device_executor.prefill(0, A, TokenSampler.greedy()).logits is None  # sampled on device
