@@ -42,6 +42,30 @@ def decode_rate(gen, ids, mask) -> tuple[float, float]:
     return (LONG - SHORT) / (long - short), first
 
 
+def read_bandwidth_gbs(gib: float = 1.0) -> float:
+    """Best-of-5 read bandwidth: torch sum over a `gib` GiB float32 tensor (all threads)."""
+    t = torch.ones(int(gib * (1 << 30)) // 4)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        t.sum()
+        best = min(best, time.perf_counter() - start)
+    return t.numel() * 4 / best / 1e9
+
+
+def weight_bytes_per_token(artifact: Path) -> int:
+    """Bytes of stored weights a decode step reads (every parameter once; rope tables excluded)."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(artifact / "weights" / "model.safetensors"), "pt") as f:
+        for name in f.keys():
+            if not name.startswith("rope_"):
+                t = f.get_slice(name)
+                total += int(torch.tensor(t.get_shape()).prod()) * (4 if t.get_dtype() == "F32" else 2)
+    return total
+
+
 def hf_reference(gguf: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
@@ -105,15 +129,19 @@ def main() -> None:
             ours_rate, ours_first = decode_rate(ours, ids, mask)
             hf_rate, hf_first = decode_rate(hf_gen, ids, mask)
             same = torch.equal(ours(ids, mask, 16)[:, PROMPT_LEN:], hf_gen(ids, mask, 16)[:, PROMPT_LEN:])
-            rows.append((dtype_name, batch, ours_rate, hf_rate, ours_first * 1e3, hf_first * 1e3, ltft, export_s, same))
+            bandwidth = read_bandwidth_gbs()
+            roofline = bandwidth * 1e9 / weight_bytes_per_token(artifact)
+            rows.append((dtype_name, batch, ours_rate, hf_rate, ours_first * 1e3, hf_first * 1e3, ltft, export_s, same,
+                         bandwidth, roofline))
             print(f"done {dtype_name} b{batch}", file=sys.stderr)
 
     print(f"\nSmolLM2-135M-Instruct, {torch.get_num_threads()} threads, prompt {PROMPT_LEN} tokens, "
           f"backend {args.backend}, torch {torch.__version__}\n")
-    print("| dtype | batch | decode tok/s (ours) | decode tok/s (transformers) | speed-up | prefill+1st token ms (ours / transformers) | load-to-first-token s | export s | 16 greedy tokens equal |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for d, b, o, h, of, hf_, load_s, e, s in rows:
-        print(f"| {d} | {b} | {o * b:.1f} ({o:.1f}/seq) | {h * b:.1f} ({h:.1f}/seq) | {o / h:.2f}x | {of:.0f} / {hf_:.0f} | {load_s:.2f} | {e:.0f} | {s} |")
+    print("| dtype | batch | decode tok/s (ours) | decode tok/s (transformers) | speed-up | prefill+1st token ms (ours / transformers) | load-to-first-token s | export s | 16 greedy tokens equal | read GB/s | roofline tok/s (batch 1) | ours / roofline |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for d, b, o, h, of, hf_, load_s, e, s, bw, roof in rows:
+        print(f"| {d} | {b} | {o * b:.1f} ({o:.1f}/seq) | {h * b:.1f} ({h:.1f}/seq) | {o / h:.2f}x | {of:.0f} / {hf_:.0f} "
+              f"| {load_s:.2f} | {e:.0f} | {s} | {bw:.1f} | {roof:.0f} | {o / roof:.0%} |")
 
 
 if __name__ == "__main__":
