@@ -1,9 +1,11 @@
 """Generated tokens/s of vLLM's OpenAI server on SmolLM2-135M: neuron-vllm vs vLLM's own CPU backend.
 
-Both servers run in this script, one after the other (never at once), on the same weights in
-float32, with the same limits (max_model_len 256, max_num_seqs 8), the same prompt and greedy
-decoding with a fixed number of tokens. At each concurrency C, C client threads send
-`--rounds` requests each; tok/s = generated tokens / wall time. Prints a markdown table.
+Both servers run in this script on the same weights in float32, with the same limits
+(max_model_len 256, max_num_seqs 8), the same prompt and greedy decoding with a fixed number of
+tokens. Both stay up (idle when not measured) and are measured in the order A B B A at each
+concurrency, so a noisy neighbour on a shared machine hits both sides alike; each side's figure is
+the mean of its two runs. At concurrency C, C client threads send `--rounds` requests each;
+tok/s = generated tokens / wall time. Prints a markdown table with the load average seen.
 
     python bench/serve_bench.py [--concurrency 1 4 8] [--max-tokens 32] [--rounds 2]
 """
@@ -143,24 +145,31 @@ def main() -> None:
         "vLLM CPU": ([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
                       "--host", "127.0.0.1", *common], {"VLLM_PLUGINS": ""}),
     }
-    rates: dict[str, dict[int, float]] = {}
-    for name, (command, extra_env) in sides.items():
-        port = free_port()
-        env = {**os.environ, **ENV, **extra_env}
-        log = root / f"serve_bench-{name.replace(' ', '_')}.log"
-        print(f"starting {name} (log: {log})", file=sys.stderr)
-        with server([*command, "--port", str(port)], env, port, log) as url:
-            rates[name] = {}
-            for c in args.concurrency:
-                rates[name][c] = measure(url, c, args.rounds, args.max_tokens)
-                print(f"  {name} concurrency {c}: {rates[name][c]:.1f} tok/s", file=sys.stderr)
+    rates: dict[str, dict[int, list[float]]] = {name: {c: [] for c in args.concurrency} for name in sides}
+    loads = []
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for name, (command, extra_env) in sides.items():
+            port = free_port()
+            env = {**os.environ, **ENV, **extra_env}
+            log = root / f"serve_bench-{name.replace(' ', '_')}.log"
+            print(f"starting {name} (log: {log})", file=sys.stderr)
+            urls[name] = stack.enter_context(server([*command, "--port", str(port)], env, port, log))
+        a, b = sides
+        for c in args.concurrency:
+            for name in (a, b, b, a):
+                loads.append(os.getloadavg()[0])
+                rates[name][c].append(measure(urls[name], c, args.rounds, args.max_tokens))
+                print(f"  {name} concurrency {c}: {rates[name][c][-1]:.1f} tok/s (load {loads[-1]:.1f})",
+                      file=sys.stderr)
     print(f"\nSmolLM2-135M float32, {args.max_tokens} generated tokens per request, greedy, "
-          f"{args.rounds} requests per client, {os.cpu_count()} CPUs\n")
+          f"{args.rounds} requests per client, {os.cpu_count()} CPUs, 1-min load average {min(loads):.1f}-"
+          f"{max(loads):.1f} during the runs (A B B A order, mean of two)\n")
     print("| concurrency | neuron-vllm tok/s | vLLM CPU tok/s | neuron / vLLM |")
     print("|---:|---:|---:|---:|")
     for c in args.concurrency:
-        a, b = rates["neuron-vllm"][c], rates["vLLM CPU"][c]
-        print(f"| {c} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+        x, y = (sum(rates[n][c]) / len(rates[n][c]) for n in sides)
+        print(f"| {c} | {x:.1f} | {y:.1f} | {x / y:.2f} |")
 
 
 if __name__ == "__main__":
