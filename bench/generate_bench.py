@@ -133,7 +133,7 @@ def main() -> None:
             roofline = bandwidth * 1e9 / weight_bytes_per_token(artifact)
             rows.append((dtype_name, batch, ours_rate, hf_rate, ours_first * 1e3, hf_first * 1e3, ltft, export_s, same,
                          bandwidth, roofline))
-            print(f"done {dtype_name} b{batch}", file=sys.stderr)
+            print(f"row: {rows[-1]}", file=sys.stderr, flush=True)
 
     print(f"\nSmolLM2-135M-Instruct, {torch.get_num_threads()} threads, prompt {PROMPT_LEN} tokens, "
           f"backend {args.backend}, torch {torch.__version__}\n")
