@@ -113,6 +113,8 @@ def valid_config_dict() -> dict[str, Any]:
             "files": [{"path": p, "sha256": fake_sha256(p)} for p in WEIGHT_FILES],
             "sharding": _sharding(),
             "aliases": {"lm_head.weight": "model.embed_tokens.weight"},  # tied embeddings
+            "derived": {"model.layers.0.mlp.down_proj.packed_weight": {
+                "op": "mkl_packed_linear", "source": "model.layers.0.mlp.down_proj.weight", "args": {"batch_size": 1}}},
         },
         "state": _state(),
         "metadata": {"exported_by": "tests/cache/config_factory.py"},
