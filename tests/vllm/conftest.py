@@ -24,8 +24,11 @@ from neuron_cache import Artifact, ArtifactError, NeuronConfigError
 
 
 def _artifacts_root() -> Path:
-    # Kept across sessions: a torch-aot export of SmolLM2 takes minutes. Delete the folder to re-export.
-    root = Path(os.environ.get("NEURON_VLLM_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "neuron-vllm-tests"))
+    # Per test session by default (tests/conftest.py points XDG_CACHE_HOME at a fresh temporary
+    # directory), so a run never serves graphs exported by older code. A torch-aot export of SmolLM2
+    # takes minutes: set NEURON_VLLM_TEST_ARTIFACTS to keep artifacts across local runs.
+    default = Path(os.environ.get("XDG_CACHE_HOME", tempfile.gettempdir())) / "neuron-vllm-tests"
+    root = Path(os.environ.get("NEURON_VLLM_TEST_ARTIFACTS", default))
     root.mkdir(parents=True, exist_ok=True)
     return root
 
