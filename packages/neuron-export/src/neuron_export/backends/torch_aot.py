@@ -14,6 +14,7 @@ another backend: graphs, artifact layout and runtime stay the same.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ class TorchAOTBackend(Backend):
             raise ValueError(f"backend '{self.name}' compiles for target cpu or cuda, not '{target}'")
         device = torch.device(target)
         module = job.module.to(device)
-        ep = _trace(GraphJob(**{**_job_fields(job), "example_inputs": tuple(t.to(device) for t in job.example_inputs)}))
+        ep = _trace(replace(job, example_inputs=tuple(t.to(device) for t in job.example_inputs)))
         inputs, outputs, mutated = _signature(job, ep)
         flags = {**self.default_flags(target), **job.flags}
         torch._inductor.aoti_compile_and_package(ep, package_path=str(out_file), inductor_configs=flags)
@@ -114,7 +115,3 @@ def bind_module_constants(module: torch.nn.Module, constants: Mapping[str, torch
             owner._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
         else:
             owner._buffers[attr] = tensor
-
-
-def _job_fields(job: GraphJob) -> dict[str, Any]:
-    return {f: getattr(job, f) for f in GraphJob.__slots__}
