@@ -69,6 +69,7 @@ class ExportOptions:
     cache_url: str | None = None
     revision: str | None = None
     prepack_weights: bool | None = None  # None: on where the target supports it (cpu, float32, MKL)
+    prefill_upcast: bool | None = None  # None: on for 16-bit dtypes when this CPU lacks native 16-bit GEMMs
     flags: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -105,6 +106,7 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
     backend = get_backend(options.backend)
     target = options.target or backend.default_target
     shapes = _shapes(options, hf_config, dtype, _prepack(options, dtype, target))
+    shapes.prefill_upcast = _prefill_upcast(options, dtype, target)
     log(f"Exporting {options.model} ({hf_config.model_type}, {family.__name__}) for {task}: batch {shapes.batch_size}, "
         f"sequence {shapes.sequence_length}, buckets {shapes.context_buckets}, {dtype}, backend {backend.name}/{target}")
 
@@ -151,7 +153,8 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
         ),
         state=[TensorSpec(name=n, shape=list(b.shape), dtype=str(b.dtype).removeprefix("torch."))
                for n, b in model.named_buffers() if n in set(model.state_names())],
-        metadata={"eos_token_id": getattr(hf_config, "eos_token_id", None)},
+        metadata={"eos_token_id": getattr(hf_config, "eos_token_id", None),
+                  "prefill_matmul_dtype": "float32" if shapes.prefill_upcast else dtype},
     )
     config.save(out)
     if not options.disable_neuron_cache:
@@ -219,7 +222,8 @@ def _graph_shape_fields(shapes: StaticShapes) -> dict[str, Any]:
     graph for bucket 128 is the same whichever other buckets an export asks for."""
     return {"batch_size": shapes.batch_size, "sequence_length": shapes.sequence_length, "torch_dtype": shapes.dtype,
             "on_device_sampling": shapes.on_device_sampling, "max_topk": shapes.max_topk,
-            "tensor_parallel_size": 1, "prepacked_decode": shapes.prepacked_decode}
+            "tensor_parallel_size": 1, "prepacked_decode": shapes.prepacked_decode,
+            "prefill_upcast": shapes.prefill_upcast}
 
 
 def _write_weights(model, out: Path) -> str:
@@ -265,6 +269,14 @@ def _prepack(options: ExportOptions, dtype: str, target: str) -> bool:
             "drop the flag"
         )
     return available if options.prepack_weights is None else options.prepack_weights
+
+
+def _prefill_upcast(options: ExportOptions, dtype: str, target: str) -> bool:
+    from neuron_export.models.linear import prefill_upcast_wanted
+
+    if options.prefill_upcast is not None:
+        return options.prefill_upcast and dtype in ("bfloat16", "float16")
+    return prefill_upcast_wanted(dtype, target)
 
 
 def _task(task: str, hf_config) -> str:

@@ -63,10 +63,10 @@ def validate_artifact(
     padded = torch.zeros(1, bucket, dtype=torch.long)
     padded[0, :n] = ids
     extra = greedy(1) if sampling else ()
+    prefixes, ours_logits, ref_logits = [], [], []
     with torch.no_grad():
         ours = prefill(padded, torch.tensor([0]), torch.tensor([n - 1]), *extra)[0]
         seq = ids.view(1, -1)
-        worst = 0.0
         for step in range(DECODE_STEPS + 1):
             ref = ref_model(seq).logits[0, -1].float()
             if sampling:
@@ -76,7 +76,9 @@ def validate_artifact(
                     )
                 nxt = int(ours[0])
             else:
-                worst = max(worst, (ours[0].float() - ref).abs().max().item())
+                prefixes.append(seq)
+                ours_logits.append(ours[0].float())
+                ref_logits.append(ref)
                 nxt = int(ref.argmax())
             if step == DECODE_STEPS:
                 break
@@ -87,14 +89,42 @@ def validate_artifact(
             positions[0] = seq.shape[1] - 1
             extra = greedy(config.batch_size) if sampling else ()
             ours = decode(tokens, positions, *extra)[0]
-    what = "greedy tokens identical" if sampling else f"max |logit diff| = {worst:.3g} (atol {atol:g})"
-    log(f"Validation against transformers ({config.torch_dtype}, prefill + {DECODE_STEPS} decode steps): {what}")
+    if sampling:
+        log(f"Validation against transformers ({config.torch_dtype}, prefill + {DECODE_STEPS} decode steps): "
+            "greedy tokens identical")
+        return 0.0
+    worst = max((o - r).abs().max().item() for o, r in zip(ours_logits, ref_logits))
+    log(f"Validation against transformers ({config.torch_dtype}, prefill + {DECODE_STEPS} decode steps): "
+        f"max |logit diff| = {worst:.3g} (atol {atol:g})")
+    if worst > atol and dtype != torch.float32:
+        # Two 16-bit computations of the same model differ by their own rounding, which grows with depth;
+        # a gap between ours and transformers' 16-bit model does not say which one is off. Ask float32
+        # (transformers on the same 16-bit-rounded weights): pass when ours is at least as close to it as
+        # transformers' own 16-bit model is. Only on this path: it costs a float32 copy of the model.
+        ours_err, hf_err = _errors_against_float32(ref_model, prefixes, ours_logits, ref_logits)
+        log(f"  against transformers in float32 on the same weights: ours {ours_err:.3g}, "
+            f"transformers {config.torch_dtype} {hf_err:.3g}")
+        if ours_err <= hf_err:
+            return worst
     if worst > atol:
         raise ValidationFailedError(
             f"compiled graphs differ from transformers by {worst:.3g} > atol {atol:g}. Re-export with a larger --atol "
             "if this dtype needs it, or report a bug with the model id."
         )
     return worst
+
+
+def _errors_against_float32(ref_model: torch.nn.Module, prefixes: list[torch.Tensor], ours: list[torch.Tensor],
+                            ref: list[torch.Tensor]) -> tuple[float, float]:
+    """(max |ours - float32|, max |transformers 16-bit - float32|) over the validated steps."""
+    ref_model.to(torch.float32)  # (.float() is refused for GGUF-loaded models; .to is not)
+    ours_err = hf_err = 0.0
+    with torch.no_grad():
+        for seq, o, r in zip(prefixes, ours, ref):
+            exact = ref_model(seq).logits[0, -1].float()
+            ours_err = max(ours_err, (o - exact).abs().max().item())
+            hf_err = max(hf_err, (r - exact).abs().max().item())
+    return ours_err, hf_err
 
 
 def config_vocab(hf_config: Any) -> int:

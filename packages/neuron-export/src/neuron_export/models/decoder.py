@@ -169,11 +169,13 @@ class DecoderModel(nn.Module):
 
     @role.setter
     def role(self, role: str) -> None:
-        # Pre-packed weights serve the decode GEMVs only (they are packed for the batch size).
+        # Pre-packed weights serve the decode GEMVs only (they are packed for the batch size);
+        # float32 upcasting serves the prefill GEMMs only (decode is bandwidth-bound: 16-bit reads win).
         self._role = role
         for module in self.modules():
             if isinstance(module, Linear):
                 module.packed_active = role == "token_generation"
+                module.upcast_active = role == "context_encoding" and self.shapes.prefill_upcast
 
     def enable_prepacked_decode(self) -> None:
         for module in self.modules():

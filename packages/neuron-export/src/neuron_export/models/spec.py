@@ -65,6 +65,7 @@ class StaticShapes:
     on_device_sampling: bool = False
     max_topk: int = 256
     prepacked_decode: bool = False  # decode GEMVs on weights pre-packed at load (see models/linear.py)
+    prefill_upcast: bool = False  # prefill GEMMs in float32 from 16-bit weights (see models/linear.py)
 
     @property
     def max_context_length(self) -> int:
