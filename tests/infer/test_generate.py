@@ -136,3 +136,38 @@ def test_generation_config_defaults_come_from_the_artifact(model):
 def test_unknown_generate_argument_is_an_error(model):
     with pytest.raises(TypeError, match="num_beams_typo"):
         model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=2, num_beams_typo=3)
+
+
+RESOLVE_CASES = [
+    {},
+    {"max_new_tokens": 7},
+    {"max_length": 30},
+    {"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9},
+    {"do_sample": True},
+    {"eos_token_id": [2, 5], "pad_token_id": 0},
+    {"eos_token_id": None},
+]
+
+
+@pytest.mark.parametrize("kwargs", RESOLVE_CASES, ids=lambda k: ",".join(k) or "defaults")
+def test_transformers_free_defaults_resolve_like_generation_config(tiny_artifact, kwargs):
+    # generate() reads generation_config.json itself unless asked for more (it keeps transformers off the
+    # load-to-first-token path); it must settle every argument exactly as transformers' GenerationConfig does.
+    from transformers import GenerationConfig
+
+    from neuron_infer.generation import GenerationDefaults, GenerationSettings
+
+    assert GenerationDefaults.covers(kwargs)
+    fast = GenerationSettings.resolve(GenerationDefaults.from_dir(tiny_artifact), dict(kwargs), prompt_len=5)
+    full = GenerationSettings.resolve(GenerationConfig.from_pretrained(tiny_artifact), dict(kwargs), prompt_len=5)
+    assert fast == full
+
+
+def test_arguments_beyond_the_defaults_go_through_generation_config(tiny_artifact):
+    from neuron_infer.generation import GenerationDefaults
+
+    fresh = NeuronModelForCausalLM.from_pretrained(tiny_artifact)
+    assert not GenerationDefaults.covers({"num_beams": 1})
+    out = fresh.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=3, num_beams=1, eos_token_id=None)
+    assert out.shape == (1, len(PROMPTS[0]) + 3)
+    assert fresh._generation_config is not None, "num_beams is only known to transformers' GenerationConfig"

@@ -89,3 +89,26 @@ def test_chat_template_and_text_streamer(artifact, capsys):
     answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert streamed.strip() == answer.strip()
     assert "Paris" in answer
+
+
+def test_load_and_first_token_import_neither_transformers_nor_dynamo(artifact):
+    # Load-to-first-token is a budget (README): transformers (~2.5 s) and torch._dynamo (~2 s, pulled in by
+    # torch._inductor) stay off the path from from_pretrained to the first generated token.
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import json, sys, torch
+        from neuron_infer import NeuronModelForCausalLM
+        m = NeuronModelForCausalLM.from_pretrained({str(artifact)!r})
+        out = m.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2, eos_token_id=None)
+        print(json.dumps([[k for k in ("transformers", "torch._dynamo", "torch._inductor") if k in sys.modules],
+                          out[0].tolist()]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported, tokens = json.loads(out.stdout.strip().splitlines()[-1])
+    assert imported == []
+    assert len(tokens) == 5

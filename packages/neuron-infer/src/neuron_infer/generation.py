@@ -7,14 +7,55 @@ further chunks; a smaller batch leaves slots idle.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from neuron_infer.runtime import DecoderRuntime
 from neuron_infer.sampling import SamplingParams, select
+
+
+@dataclass(kw_only=True)
+class GenerationDefaults:
+    """The generation_config.json fields generate() reads, parsed without importing transformers.
+
+    It quacks like transformers.GenerationConfig for GenerationSettings.resolve: the same attribute
+    names, the same None defaults (transformers 5), and `update` returning the arguments it does not know.
+    """
+
+    max_length: int | None = None
+    max_new_tokens: int | None = None
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+    @classmethod
+    def from_dir(cls, root: Path) -> GenerationDefaults:
+        path = Path(root) / "generation_config.json"
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def covers(cls, kwargs: dict[str, Any]) -> bool:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return all(k in names for k in kwargs)
+
+    def update(self, **kwargs: Any) -> dict[str, Any]:
+        unknown = {}
+        for key, value in kwargs.items():
+            if hasattr(self, key):
+                setattr(self, key, value)
+            else:
+                unknown[key] = value
+        return unknown
 
 
 @dataclass(kw_only=True, slots=True)

@@ -21,13 +21,20 @@ def _as_list(out: Any) -> list[torch.Tensor]:
 
 
 def load_aoti(file: Path, constants: Mapping[str, torch.Tensor]) -> Graph:
-    runner = torch._inductor.aoti_load_package(str(file))
-    names = runner.get_constant_fqns()
+    # The C++ package loader directly, not torch._inductor.aoti_load_package: importing torch._inductor
+    # pulls in dynamo (~2 s of a ~5 s load-to-first-token budget), and its Python wrapper re-parses the
+    # pytree call spec on every call (tens of µs per decode step). Our graphs take and return flat
+    # tensor lists, so the spec is not needed. Arguments: package, model name, run_single_threaded,
+    # num_runners, device_index (-1: the package's own device).
+    loader = torch._C._aoti.AOTIModelPackageLoader(str(file), "model", False, 1, -1)
+    names = loader.get_constant_fqns()
     missing = [n for n in names if n not in constants]
     if missing:
         raise KeyError(f"graph {file.name} needs constants the artifact's weights lack: {missing[:5]}")
-    runner.load_constants({n: constants[n] for n in names}, check_full_update=True, user_managed=True)
-    return lambda *args: _as_list(runner(*args))
+    # (constants, use_runtime_constant_folding, check_full_update, user_managed, allow_h2d_copy):
+    # user_managed binds our tensors by pointer, so every graph shares one KV cache and one weight copy.
+    loader.load_constants({n: constants[n] for n in names}, False, True, True, False)
+    return lambda *args: loader.run(list(args))
 
 
 def load_exported(file: Path, constants: Mapping[str, torch.Tensor]) -> Graph:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from neuron_cache import CONFIG_NAME, Artifact, NeuronConfig
-from neuron_infer.generation import GenerationSettings, generate
+from neuron_infer.generation import GenerationDefaults, GenerationSettings, generate
 from neuron_infer.runtime import DecoderRuntime
 
 
@@ -22,8 +22,12 @@ class NeuronModelForCausalLM:
         self.artifact = artifact
         self.runtime = DecoderRuntime(artifact)
         self.neuron_config: NeuronConfig = artifact.config
-        self.generation_config = _load_generation_config(artifact.root)
-        self.config = _load_model_config(artifact.root)
+        # transformers' GenerationConfig and AutoConfig are built on first use, not here: importing
+        # transformers costs ~2.5 s, half the load-to-first-token budget. generate() reads the few
+        # generation_config.json fields it needs directly unless the caller asks for more.
+        self._generation_defaults = GenerationDefaults.from_dir(artifact.root)
+        self._generation_config: Any = None
+        self._config: Any = None
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -65,6 +69,25 @@ class NeuronModelForCausalLM:
         run_export(ExportOptions(model=model_id, output=str(output), revision=revision, **options), log=log)
         return cls(Artifact.open(output))
 
+    # ---- transformers-facing configs (lazy) ----------------------------------------------------
+    @property
+    def generation_config(self) -> Any:
+        """transformers.GenerationConfig of the artifact (its generation_config.json), built on first access."""
+        if self._generation_config is None:
+            self._generation_config = _load_generation_config(self.artifact.root)
+        return self._generation_config
+
+    @generation_config.setter
+    def generation_config(self, value: Any) -> None:
+        self._generation_config = value
+
+    @property
+    def config(self) -> Any:
+        """transformers.PretrainedConfig of the exported checkpoint (its config.json), or None."""
+        if self._config is None:
+            self._config = _load_model_config(self.artifact.root)
+        return self._config
+
     # ---- generation ----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -86,7 +109,12 @@ class NeuronModelForCausalLM:
         """
         if input_ids is None:
             raise ValueError("generate() needs input_ids")
-        base = generation_config if generation_config is not None else self.generation_config
+        base = generation_config
+        if base is None:
+            # The transformers-free fast path covers the common arguments; anything else is resolved by
+            # transformers' GenerationConfig exactly as before.
+            fast = self._generation_config is None and GenerationDefaults.covers(kwargs)
+            base = self._generation_defaults if fast else self.generation_config
         settings = GenerationSettings.resolve(base, kwargs, int(input_ids.shape[-1]))
         return generate(self.runtime, input_ids, attention_mask, settings, streamer, stopping_criteria, generator)
 
