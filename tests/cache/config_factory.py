@@ -114,7 +114,7 @@ def valid_config_dict() -> dict[str, Any]:
             "sharding": _sharding(),
             "aliases": {"lm_head.weight": "model.embed_tokens.weight"},  # tied embeddings
             "derived": {"model.layers.0.mlp.down_proj.packed_weight": {
-                "op": "mkl_packed_linear", "source": "model.layers.0.mlp.down_proj.weight", "args": {"batch_size": 1}}},
+                "op": "onednn_packed_linear", "source": "model.layers.0.mlp.down_proj.weight", "args": {"batch_size": 1}}},
         },
         "state": _state(),
         "metadata": {"exported_by": "tests/cache/config_factory.py"},

@@ -94,3 +94,24 @@ def test_offline_export_with_a_warm_store(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = run(ckpt, tmp_path / "out2", cache_dir)
     assert result.cache_stats["hits"] == 3
+
+
+def test_graph_code_digest_follows_the_graph_building_source(tmp_path):
+    # Part of every cache key: editing the model or backend code must never reuse a graph it built.
+    import shutil
+    from pathlib import Path
+
+    import neuron_export
+    from neuron_export.export import GRAPH_CODE_DIRS, graph_code_digest
+
+    src = Path(neuron_export.__file__).parent
+    copy = tmp_path / "neuron_export"
+    for sub in GRAPH_CODE_DIRS:
+        shutil.copytree(src / sub, copy / sub)
+    before = graph_code_digest(copy)
+    assert before == graph_code_digest(src)
+    edited = tmp_path / "edited"
+    shutil.copytree(copy, edited)
+    linear = edited / "models" / "linear.py"
+    linear.write_text(linear.read_text() + "\n# an edit\n")
+    assert graph_code_digest(edited) != before

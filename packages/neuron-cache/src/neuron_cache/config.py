@@ -107,7 +107,9 @@ class FileEntry:
     sha256: str = field(metadata={"pattern": _SHA256, "description": _SHA256_MEANING})
 
 
-DERIVED_OPS = ("mkl_packed_linear",)
+# onednn_packed_linear: a weight reordered by oneDNN for `mkldnn._linear_pointwise` (args.batch_size:
+# the GEMM's M hint). mkl_packed_linear: MKL's packed GEMM layout (artifacts of neuron-export 0.1.0).
+DERIVED_OPS = ("onednn_packed_linear", "mkl_packed_linear")
 
 
 @dataclass(kw_only=True, slots=True)

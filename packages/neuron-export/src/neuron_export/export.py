@@ -7,10 +7,12 @@ weights, tokenizer and `neuron_config.json` -> validate against transformers' ea
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +180,8 @@ def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: 
     jobs = [("context_encoding", b) for b in shapes.context_buckets] + [("token_generation", None)]
     graphs: dict[str, GraphEntry] = {}
     seconds: dict[str, float] = {}
-    backend_id = {"name": backend.name, "target": target, "package_version": __version__, **backend.versions()}
+    backend_id = {"name": backend.name, "target": target, "package_version": __version__,
+                  "graph_code": graph_code_digest(), **backend.versions()}
     flags = {**backend.default_flags(target), **options.flags}
     for i, (role, bucket) in enumerate(jobs, 1):
         name = role if bucket is None else f"{role}_{bucket}"
@@ -215,6 +218,28 @@ def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: 
         )
     model.reset_state()
     return graphs, seconds
+
+
+GRAPH_CODE_DIRS = ("models", "backends")
+
+
+def graph_code_digest(root: Path | None = None) -> str:
+    """sha256 over the source of the code that builds and compiles graphs (models/, backends/).
+
+    Part of every graph's cache key: the package version alone misses edits between releases (an
+    editable install, a patched wheel), and a graph cached by older code can call ops the new runtime
+    binds differently (a decode graph on MKL-packed weights handed oneDNN-packed ones, say).
+    """
+    return _digest(root or Path(__file__).parent)
+
+
+@cache
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for sub in GRAPH_CODE_DIRS:
+        for file in sorted((root / sub).rglob("*.py")):
+            h.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def _graph_shape_fields(shapes: StaticShapes) -> dict[str, Any]:

@@ -38,17 +38,30 @@ def check_compatible(config: NeuronConfig, root: Path) -> None:
         raise RuntimeError(f"tensor_parallel_size={config.tensor_parallel_size} artifacts need a multi-rank runtime")
 
 
+def _onednn_pack(weight: torch.Tensor, batch: int) -> torch.Tensor:
+    if not torch.backends.mkldnn.is_available():
+        raise RuntimeError("this artifact decodes with oneDNN-packed weights, but this torch build has no oneDNN "
+                           "(mkldnn); re-export with --no-prepack-weights")
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch)
+
+
+def _mkl_pack(weight: torch.Tensor, batch: int) -> torch.Tensor:
+    if not torch._C.has_mkl:
+        raise RuntimeError("this artifact decodes with MKL-packed weights, but this torch build has no MKL; "
+                           "re-export with --no-prepack-weights")
+    return torch.ops.mkl._mkl_reorder_linear_weight(weight.contiguous(), batch)
+
+
+# weights.derived ops: how to compute each derived constant from its stored source tensor.
+DERIVED = {"onednn_packed_linear": _onednn_pack, "mkl_packed_linear": _mkl_pack}
+
+
 def derive_constants(config, constants: dict) -> None:
     """Compute the constants the artifact says to derive at load (pre-packed weights)."""
     for name, spec in config.weights.derived.items():
-        if spec.op != "mkl_packed_linear":
-            raise RuntimeError(f"weights.derived.{name}: unknown op '{spec.op}'; upgrade this package")
-        if not torch._C.has_mkl:
-            raise RuntimeError(
-                "this artifact decodes with MKL-packed weights, but this torch build has no MKL; "
-                "re-export with --no-prepack-weights"
-            )
-        constants[name] = torch.ops.mkl._mkl_reorder_linear_weight(constants[spec.source], int(spec.args["batch_size"]))
+        if spec.op not in DERIVED:
+            raise RuntimeError(f"weights.derived.{name}: unknown op '{spec.op}'; upgrade neuron-infer")
+        constants[name] = DERIVED[spec.op](constants[spec.source], int(spec.args["batch_size"]))
 
 
 class DecoderRuntime:
