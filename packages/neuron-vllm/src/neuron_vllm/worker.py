@@ -27,16 +27,16 @@ THREADS_ENV = "NEURON_VLLM_NUM_THREADS"
 
 
 def compute_threads() -> int:
-    """Threads for the graphs: $NEURON_VLLM_NUM_THREADS, else every core but one.
+    """Threads for the graphs: $NEURON_VLLM_NUM_THREADS, else every core this process may use.
 
-    The API server process detokenizes and streams on the same machine; an OpenMP team as wide
-    as the machine then waits on a descheduled member at every parallel region (measured on
-    2 cores: a SmolLM2 decode step takes 0.34 s with 2 threads, 0.10 s with 1).
+    Measured on an idle 2-core machine (bench/serve_bench.py, SmolLM2 batch 8): 2 threads gave 89 tok/s
+    at concurrency 8 and 17.9 at concurrency 1, against 54 and 11.8 with 1 thread; a batch-8 decode step
+    takes 53 ms on 2 threads, 96 ms on 1. (An earlier default of cores - 1 was chosen on a host loaded by
+    other jobs, where a full-width OpenMP team stalls on descheduled members: set the variable there.)
     """
     if os.environ.get(THREADS_ENV):
         return max(1, int(os.environ[THREADS_ENV]))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class NeuronWorker(WorkerBase):
