@@ -43,6 +43,7 @@ def _graph(role: str, rows: int, tokens: int, bucket: int | None, file: str) -> 
         "sha256": fake_sha256(file),
         "role": role,
         "bucket": bucket,
+        "rows": None,
         "inputs": [
             _tensor("input_ids", [rows, tokens], "int64"),
             _tensor("position_ids", [rows, tokens], "int64"),

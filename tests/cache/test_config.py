@@ -26,7 +26,7 @@ ROOT_FIELDS = (
     "tensor_parallel_size, torch_dtype, on_device_sampling, max_topk, speculation_length, quantization, target, "
     "graphs, weights, state, metadata"
 )
-GRAPH_FIELDS = "file, sha256, role, bucket, inputs, outputs, mutated_state"
+GRAPH_FIELDS = "file, sha256, role, bucket, rows, inputs, outputs, mutated_state"
 PATH_RULE = r"strings matching (?!/)(?!.*\.\.)[^\\]+ (relative path inside the artifact: no leading '/', no '..')"
 SHA_RULE = "strings matching [0-9a-f]{64} (lowercase hex sha256 digest of the file)"
 
@@ -132,6 +132,11 @@ MALFORMED = [
          "field 'graphs.context_encoding_128.bucket' = None: is not one of context_buckets. Allowed: 128, 512."),
     case("token-graph-with-bucket", put((*TG, "bucket"), 128), "graphs.token_generation.bucket",
          "field 'graphs.token_generation.bucket' = 128: must be null for role 'token_generation'. Allowed: null."),
+    case("rows-on-context-graph", put((*CE128, "rows"), 1), "graphs.context_encoding_128.rows",
+         "field 'graphs.context_encoding_128.rows' = 1: must be null for role 'context_encoding'. Allowed: null."),
+    case("rows-not-below-batch", put((*TG, "rows"), 1), "graphs.token_generation.rows",
+         "field 'graphs.token_generation.rows' = 1: is not below batch_size (1). Allowed: null. "
+         "Fix: a graph over every slot has rows null."),
     case("no-graphs", put(("graphs",), {}), "graphs",
          "field 'graphs' = {}: is empty. Allowed: at least one compiled graph."),
     # ---- unknown and missing fields ----------------------------------------------------------

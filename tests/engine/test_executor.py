@@ -1,5 +1,6 @@
 """BatchExecutor, the layer the vLLM plugin drives: a live slot that samples nothing in a decode
-step must keep its KV rows (the runner passes it in `hold`)."""
+step must keep its KV rows. Through the full-batch graph the runner passes it in `hold`; a graph
+over a subset of the slots (decode_batches) never touches it."""
 
 from __future__ import annotations
 
@@ -14,8 +15,20 @@ A, B = [1, 17, 33, 5, 90, 41, 7], [1, 120, 3]
 
 
 @pytest.fixture(scope="module")
-def executor(tiny_artifact) -> BatchExecutor:
-    return BatchExecutor(DecoderRuntime(Artifact.open(tiny_artifact)))
+def executor(tiny_checkpoint, tmp_path_factory) -> BatchExecutor:
+    """Only the full-batch decode graph: every step runs every row."""
+    from engine_testlib import export_tiny
+
+    art = export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("full") / "tiny-full", decode_batches=[])
+    return BatchExecutor(DecoderRuntime(Artifact.open(art)))
+
+
+@pytest.fixture(scope="module")
+def rows_executor(tiny_artifact) -> BatchExecutor:
+    """The default export of a batch-2 artifact: plus a decode graph over one slot."""
+    runtime = DecoderRuntime(Artifact.open(tiny_artifact))
+    assert runtime.rows_for(1) == 1
+    return BatchExecutor(runtime)
 
 
 def continue_b_after_an_a_only_step(executor: BatchExecutor, hold_b: bool) -> list[int]:
@@ -37,6 +50,28 @@ def test_a_held_slot_keeps_its_kv_rows(executor, reference_model):
 def test_without_hold_an_idle_live_slot_is_clobbered(executor, reference_model):
     # The control: the idle row's token-0-at-position-0 write lands in slot 1's row 0.
     assert continue_b_after_an_a_only_step(executor, hold_b=False) != transformers_greedy(reference_model, B, 6)
+
+
+def test_a_one_slot_graph_leaves_the_other_slot_alone(rows_executor, reference_model, monkeypatch):
+    # No hold needed: slot 0's step runs the rows-1 graph, which never writes slot 1's KV rows.
+    calls = []
+    decode_slots = rows_executor.runtime.decode_slots
+    monkeypatch.setattr(rows_executor.runtime, "decode_slots", lambda *a, **k: calls.append(a[0]) or decode_slots(*a, **k))
+    assert continue_b_after_an_a_only_step(rows_executor, hold_b=False) == transformers_greedy(reference_model, B, 6)
+    assert calls == [[0]] + [[1]] * 5
+
+
+def test_both_slots_run_the_full_batch_graph(rows_executor, reference_model, monkeypatch):
+    greedy = TokenSampler.greedy()
+    tokens = {0: [rows_executor.prefill(0, A, greedy).token], 1: [rows_executor.prefill(1, B, greedy).token]}
+    monkeypatch.setattr(rows_executor.runtime, "decode_slots", lambda *a, **k: pytest.fail("two slots: full graph"))
+    for step in range(5):
+        entries = {0: DecodeEntry(tokens[0][-1], len(A) + step, greedy), 1: DecodeEntry(tokens[1][-1], len(B) + step, greedy)}
+        out = rows_executor.decode(entries)
+        for slot in (0, 1):
+            tokens[slot].append(out[slot].token)
+    assert tokens[0] == transformers_greedy(reference_model, A, 6)
+    assert tokens[1] == transformers_greedy(reference_model, B, 6)
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,11 @@ class GraphEntry:
     sha256: str = field(metadata={"pattern": _SHA256, "description": _SHA256_MEANING})
     role: str = field(metadata={"enum": list(GRAPH_ROLES)})
     bucket: int | None = field(default=None, metadata={"minimum": 1})
+    rows: int | None = field(
+        default=None,
+        metadata={"minimum": 1, "description": "token_generation over this many of the slots, named by its seq_ids "
+                                               "input (other slots untouched); null: every slot"},
+    )
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     mutated_state: list[str] = field(
@@ -291,6 +296,14 @@ class NeuronConfig:
                 f"{path}.bucket", graph.bucket, f"must be null for role '{graph.role}'", allowed="null",
                 fix="only context_encoding and encoder graphs have a bucket",
             )
+        if graph.rows is not None:
+            if graph.role != "token_generation":
+                raise NeuronConfigError(f"{path}.rows", graph.rows, f"must be null for role '{graph.role}'",
+                                        allowed="null", fix="only token_generation graphs run a subset of the slots")
+            if not 1 <= graph.rows < self.batch_size:
+                raise NeuronConfigError(f"{path}.rows", graph.rows, f"is not below batch_size ({self.batch_size})",
+                                        allowed=f"1..{self.batch_size - 1}" if self.batch_size > 1 else "null",
+                                        fix="a graph over every slot has rows null")
 
     # ---- helpers for runtimes ----------------------------------------------------------------
     def bucket_for(self, length: int) -> int:

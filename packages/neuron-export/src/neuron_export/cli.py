@@ -25,6 +25,12 @@ def _parse_buckets(_ctx: click.Context, _param: click.Parameter, value: str | No
     return buckets
 
 
+def _parse_decode_batches(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is not None and value.strip().lower() == "none":
+        return []
+    return _parse_buckets(ctx, param, value)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--model", "-m", default=None, help="Hub model id, local checkpoint directory, or a .gguf file.")
 @click.option("--task", default="auto", help="Task to export for; 'auto' infers it from the checkpoint.")
@@ -35,6 +41,9 @@ def _parse_buckets(_ctx: click.Context, _param: click.Parameter, value: str | No
               help="Longest prompt; defaults to sequence_length.")
 @click.option("--context_buckets", "--context-buckets", callback=_parse_buckets, default=None,
               help="Comma-separated prompt buckets; default: powers of two up to max_context_length.")
+@click.option("--decode_batches", "--decode-batches", callback=_parse_decode_batches, default=None,
+              help="Extra token-generation graphs over this many slots, e.g. 1,4, or 'none' (default: 1 when "
+                   "batch_size > 1): a step with few live sequences then costs what those rows cost.")
 @click.option("--tensor_parallel_size", "--tensor-parallel-size", type=click.IntRange(min=1), default=1)
 @click.option("--torch_dtype", "--torch-dtype", type=click.Choice(("auto", *DTYPES)), default="auto",
               help="Compute dtype; 'auto' keeps the checkpoint's (float32 for GGUF).")

@@ -58,6 +58,7 @@ class ExportOptions:
     sequence_length: int = 512
     max_context_length: int | None = None
     context_buckets: list[int] | None = None
+    decode_batches: list[int] | None = None  # None: [1] when batch_size > 1 (see StaticShapes.decode_batches)
     tensor_parallel_size: int = 1
     torch_dtype: str = "auto"
     on_device_sampling: bool = False
@@ -177,21 +178,25 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
 def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: ExportOptions, out: Path, log: Log,
                     cache):
     """One graph per context bucket plus token generation, each through the compile cache."""
-    jobs = [("context_encoding", b) for b in shapes.context_buckets] + [("token_generation", None)]
+    jobs = [("context_encoding", b, None) for b in shapes.context_buckets] + [("token_generation", None, None)]
+    jobs += [("token_generation", None, rows) for rows in shapes.decode_batches]
     graphs: dict[str, GraphEntry] = {}
     seconds: dict[str, float] = {}
     backend_id = {"name": backend.name, "target": target, "package_version": __version__,
                   "graph_code": graph_code_digest(), **backend.versions()}
     flags = {**backend.default_flags(target), **options.flags}
-    for i, (role, bucket) in enumerate(jobs, 1):
+    for i, (role, bucket, rows) in enumerate(jobs, 1):
         name = role if bucket is None else f"{role}_{bucket}"
+        name = name if rows is None else f"{name}_rows{rows}"
         model.role = role
+        model.decode_rows = rows
         model.reset_state()
         job = GraphJob(name=name, role=role, bucket=bucket, module=model,
-                       example_inputs=model.example_inputs(role, bucket), input_names=model.input_names(role),
-                       flags=dict(options.flags))
-        signature = model.signature(role, bucket)
-        key = graph_cache_key(model_config=asdict(model.arch), shape_fields=_graph_shape_fields(shapes), role=role,
+                       example_inputs=model.example_inputs(role, bucket, rows),
+                       input_names=model.input_names(role, rows), flags=dict(options.flags))
+        signature = model.signature(role, bucket, rows)
+        shape_fields = _graph_shape_fields(shapes) | ({"decode_rows": rows} if rows is not None else {})
+        key = graph_cache_key(model_config=asdict(model.arch), shape_fields=shape_fields, role=role,
                               bucket=bucket, backend=backend_id, flags=flags)
         filename = f"{name}{backend.file_extension}"
         compiles_before = cache.stats.compiles
@@ -211,11 +216,12 @@ def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: 
         how = "compiled" if cache.stats.compiles > compiles_before else "from the compile cache"
         log(f"[{i}/{len(jobs)}] {name}: {how} in {seconds[name]:.1f} s")
         graphs[name] = GraphEntry(
-            file=rel, sha256=sha256_file(out / rel), role=role, bucket=bucket,
+            file=rel, sha256=sha256_file(out / rel), role=role, bucket=bucket, rows=rows,
             inputs=[TensorSpec(**s) for s in signature["inputs"]],
             outputs=[TensorSpec(**s) for s in signature["outputs"]],
             mutated_state=model.state_names(),
         )
+    model.decode_rows = None
     model.reset_state()
     return graphs, seconds
 
@@ -349,6 +355,16 @@ def _shapes(options: ExportOptions, hf_config, dtype: str, prepacked: bool) -> S
         NeuronConfig.validate_shapes(**probe)
     except NeuronConfigError as err:
         raise ShapeError(str(err).replace("neuron_config field", "option")) from None
+    decode_batches = options.decode_batches
+    if decode_batches is None:
+        decode_batches = [1] if options.batch_size > 1 else []
+    bad = [n for n in decode_batches if not 1 <= n < options.batch_size]
+    if bad or sorted(set(decode_batches)) != list(decode_batches):
+        raise ShapeError(
+            f"--decode_batches {','.join(map(str, decode_batches))}: each must be between 1 and batch_size - 1 "
+            f"({options.batch_size - 1}), increasing and unique (the full batch always has its graph)"
+        )
     return StaticShapes(batch_size=options.batch_size, sequence_length=options.sequence_length,
+                        decode_batches=list(decode_batches),
                         context_buckets=buckets, dtype=dtype, on_device_sampling=options.on_device_sampling,
                         max_topk=options.max_topk, prepacked_decode=prepacked)

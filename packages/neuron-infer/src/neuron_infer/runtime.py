@@ -72,6 +72,10 @@ class DecoderRuntime:
         self._lock = threading.Lock()
         self._prefill: dict[int, Graph] = {}
         self._decode = self._load("token_generation")
+        # Token-generation graphs over a subset of the slots, by row count (loaded on first use).
+        self._rows_graphs = {g.rows: name for name, g in self.config.graphs.items()
+                             if g.role == "token_generation" and g.rows is not None}
+        self._decode_rows: dict[int, Graph] = {}
 
     # ---- loading -------------------------------------------------------------------------------
     def _load_constants(self) -> dict[str, torch.Tensor]:
@@ -98,9 +102,21 @@ class DecoderRuntime:
                 self._prefill[bucket] = self._load(f"context_encoding_{bucket}")
             return self._prefill[bucket]
 
+    def rows_graph(self, rows: int) -> Graph:
+        with self._lock:
+            if rows not in self._decode_rows:
+                self._decode_rows[rows] = self._load(self._rows_graphs[rows])
+            return self._decode_rows[rows]
+
+    def rows_for(self, n: int) -> int | None:
+        """The smallest sub-batch decode graph that holds n sequences, or None (use the full batch)."""
+        return min((r for r in self._rows_graphs if r >= n), default=None)
+
     def warmup(self) -> None:
         for bucket in self.config.context_buckets:
             self.prefill_graph(bucket)
+        for rows in self._rows_graphs:
+            self.rows_graph(rows)
 
     # ---- execution -----------------------------------------------------------------------------
     @property
@@ -130,6 +146,27 @@ class DecoderRuntime:
             args += [sampling.view(1, 3), rand.view(1)]
         with torch.no_grad():
             return self.prefill_graph(bucket)(*args)[0][0]
+
+    def decode_slots(self, slots: list[int], tokens: torch.Tensor, positions: torch.Tensor,
+                     sampling: torch.Tensor | None = None, rand: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Advance only `slots` (row i: tokens[i] at positions[i]) through the smallest sub-batch graph that
+        holds them; other slots' KV rows are untouched. None when no such graph exists (use `decode`).
+
+        Returns logits (len(slots), vocab), or tokens (len(slots),) with on-device sampling.
+        """
+        n = len(slots)
+        rows = self.rows_for(n)
+        if rows is None or n == 0:
+            return None
+        # Pad by repeating the first row: it rewrites the same KV entry with the same values.
+        pad = [0] * (rows - n)
+        pick = torch.tensor(list(range(n)) + pad)
+        args = [tokens.view(-1)[pick].view(-1, 1).long(), positions.view(-1)[pick].long(),
+                torch.tensor(slots, dtype=torch.long)[pick]]
+        if self.config.on_device_sampling:
+            args += [sampling.view(-1, 3)[pick], rand.view(-1)[pick]]
+        with torch.no_grad():
+            return self.rows_graph(rows)(*args)[0][:n]
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, sampling: torch.Tensor | None = None,
                rand: torch.Tensor | None = None) -> torch.Tensor:

@@ -103,15 +103,18 @@ class Attention(nn.Module):
         self.v_cache.index_put_(index, v)
         return self.attend(q, k, v, mask)
 
-    def token_generation(self, x, cos, sin, positions, mask):
+    def token_generation(self, x, cos, sin, positions, mask, seq_ids=None):
+        """One token per row. Row i is slot i, or slot seq_ids[i] in a graph over a subset of the slots,
+        which reads and writes only those slots' cache rows."""
         q, k, v = self.project(x, cos, sin)
-        B = x.shape[0]
-        rows = torch.arange(B, device=x.device)
+        rows = torch.arange(x.shape[0], device=x.device) if seq_ids is None else seq_ids
         kv_heads = torch.arange(self.arch.num_kv_heads, device=x.device)
         index = (rows.view(-1, 1), kv_heads.view(1, -1), positions.view(-1, 1))
         self.k_cache.index_put_(index, k[:, :, 0])
         self.v_cache.index_put_(index, v[:, :, 0])
-        return self.attend(q, self.k_cache, self.v_cache, mask)
+        if seq_ids is None:
+            return self.attend(q, self.k_cache, self.v_cache, mask)
+        return self.attend(q, self.k_cache.index_select(0, seq_ids), self.v_cache.index_select(0, seq_ids), mask)
 
 
 class MLP(nn.Module):
@@ -150,6 +153,7 @@ class DecoderModel(nn.Module):
         super().__init__()
         self.arch, self.shapes = arch, shapes
         self._role = "token_generation"
+        self.decode_rows: int | None = None  # set (with role token_generation) to trace a sub-batch graph
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(arch, shapes, i) for i in range(arch.num_layers))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
@@ -194,6 +198,8 @@ class DecoderModel(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self.role == "context_encoding":
             return self.context_encoding(*inputs)
+        if self.decode_rows is not None:
+            return self.token_generation_rows(*inputs)
         return self.token_generation(*inputs)
 
     def context_encoding(self, input_ids, seq_id, last_index, sampling_params=None, rand=None):
@@ -212,13 +218,20 @@ class DecoderModel(nn.Module):
 
     def token_generation(self, input_ids, positions, sampling_params=None, rand=None):
         """input_ids (batch, 1), positions (batch,) -> logits (batch, vocab) or tokens (batch,)."""
+        return self._token_generation(input_ids, positions, None, sampling_params, rand)
+
+    def token_generation_rows(self, input_ids, positions, seq_ids, sampling_params=None, rand=None):
+        """Like token_generation over n < batch rows: row i decodes slot seq_ids[i]; other slots are untouched."""
+        return self._token_generation(input_ids, positions, seq_ids, sampling_params, rand)
+
+    def _token_generation(self, input_ids, positions, seq_ids, sampling_params, rand):
         cos = self.rope_cos.index_select(0, positions)[:, None, None]
         sin = self.rope_sin.index_select(0, positions)[:, None, None]
         key_pos = torch.arange(self.shapes.sequence_length, device=input_ids.device)
         masks = self._masks(positions.view(-1, 1, 1), key_pos.view(1, 1, -1))
 
         def attn(module: Attention, h):
-            return module.token_generation(h, cos, sin, positions, masks[module.layer])
+            return module.token_generation(h, cos, sin, positions, masks[module.layer], seq_ids)
 
         hidden = self._run_layers(input_ids, attn)
         return self._head(hidden[:, 0], sampling_params, rand)
@@ -251,30 +264,36 @@ class DecoderModel(nn.Module):
         return logits
 
     # ---- export-time helpers -----------------------------------------------------------------
-    def example_inputs(self, role: str, bucket: int | None = None) -> tuple[torch.Tensor, ...]:
-        B = self.shapes.batch_size
+    def example_inputs(self, role: str, bucket: int | None = None, rows: int | None = None) -> tuple[torch.Tensor, ...]:
+        """`rows`: a token-generation graph over that many of the batch's slots (None: all of them)."""
         if role == "context_encoding":
             assert bucket is not None
             inputs = (torch.zeros(1, bucket, dtype=torch.long), torch.zeros(1, dtype=torch.long),
                       torch.full((1,), bucket - 1, dtype=torch.long))
             rows = 1
+        elif rows is None:
+            rows = self.shapes.batch_size
+            inputs = (torch.zeros(rows, 1, dtype=torch.long), torch.zeros(rows, dtype=torch.long))
         else:
-            inputs = (torch.zeros(B, 1, dtype=torch.long), torch.zeros(B, dtype=torch.long))
-            rows = B
+            inputs = (torch.zeros(rows, 1, dtype=torch.long), torch.zeros(rows, dtype=torch.long),
+                      torch.arange(rows, dtype=torch.long))
         if self.shapes.on_device_sampling:
             params = torch.tensor([[1.0, 1.0, 1.0]]).repeat(rows, 1)
             inputs = (*inputs, params, torch.zeros(rows))
         return inputs
 
-    def input_names(self, role: str) -> list[str]:
-        names = ["input_ids", "seq_id", "last_index"] if role == "context_encoding" else ["input_ids", "positions"]
+    def input_names(self, role: str, rows: int | None = None) -> list[str]:
+        if role == "context_encoding":
+            names = ["input_ids", "seq_id", "last_index"]
+        else:
+            names = ["input_ids", "positions"] + (["seq_ids"] if rows is not None else [])
         return names + (["sampling_params", "rand"] if self.shapes.on_device_sampling else [])
 
-    def signature(self, role: str, bucket: int | None = None) -> dict[str, list[dict]]:
+    def signature(self, role: str, bucket: int | None = None, rows: int | None = None) -> dict[str, list[dict]]:
         """Static inputs and outputs of a graph, known without tracing it."""
         inputs = [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                  for n, t in zip(self.input_names(role), self.example_inputs(role, bucket))]
-        rows = 1 if role == "context_encoding" else self.shapes.batch_size
+                  for n, t in zip(self.input_names(role, rows), self.example_inputs(role, bucket, rows))]
+        rows = 1 if role == "context_encoding" else (rows or self.shapes.batch_size)
         if self.shapes.on_device_sampling:
             outputs = [{"name": "tokens", "shape": [rows], "dtype": "int64"}]
         else:

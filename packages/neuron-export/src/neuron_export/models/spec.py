@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(kw_only=True, slots=True)
@@ -66,6 +66,9 @@ class StaticShapes:
     max_topk: int = 256
     prepacked_decode: bool = False  # decode GEMVs on weights pre-packed at load (see models/linear.py)
     prefill_upcast: bool = False  # prefill GEMMs in float32 from 16-bit weights (see models/linear.py)
+    # Extra token-generation graphs over a subset of the slots (seq_ids input), each smaller than
+    # batch_size: with few live sequences, a step costs what those rows cost, not the whole batch.
+    decode_batches: list[int] = field(default_factory=list)
 
     @property
     def max_context_length(self) -> int:

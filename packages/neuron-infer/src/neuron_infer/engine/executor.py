@@ -85,6 +85,9 @@ class BatchExecutor:
         that garbage in its row 0: `hold` gives it (last token, its position), so it rewrites exactly
         the KV entry its next real decode will write, and its output is dropped.
         """
+        fewer = self._decode_some(entries)
+        if fewer is not None:
+            return fewer
         B = self.batch_size
         tokens = torch.zeros(B, dtype=torch.long)
         positions = torch.zeros(B, dtype=torch.long)
@@ -101,3 +104,19 @@ class BatchExecutor:
             return {slot: StepResult(int(out[slot]), None) for slot in entries}
         logits = self.runtime.decode(tokens, positions).float()
         return {slot: StepResult(e.sampler.pick(logits[slot]), logits[slot]) for slot, e in entries.items()}
+
+    def _decode_some(self, entries: Mapping[int, DecodeEntry]) -> dict[int, StepResult] | None:
+        """The step through a graph over just these slots (others untouched, so nothing to hold), when the
+        artifact has one that holds them; else None."""
+        if len(entries) >= self.batch_size or self.runtime.rows_for(len(entries)) is None:
+            return None
+        slots = sorted(entries)
+        tokens = torch.tensor([entries[s].token for s in slots])
+        positions = torch.tensor([entries[s].position for s in slots])
+        if self.on_device_sampling:
+            rows = torch.stack([entries[s].sampler.device_row().view(3) for s in slots])
+            rand = torch.cat([entries[s].sampler.uniform().view(1) for s in slots])
+            out = self.runtime.decode_slots(slots, tokens, positions, rows, rand).reshape(-1)
+            return {slot: StepResult(int(out[i]), None) for i, slot in enumerate(slots)}
+        logits = self.runtime.decode_slots(slots, tokens, positions).float()
+        return {slot: StepResult(entries[slot].sampler.pick(logits[i]), logits[i]) for i, slot in enumerate(slots)}
