@@ -88,3 +88,23 @@ def test_subsets_of_slots_decode_like_transformers_and_leave_the_others_alone(se
     for _ in range(STEPS):
         step("token_generation", [0, 1, 2, 3])
     assert done == [STEPS, 2 * STEPS, 2 * STEPS, 2 * STEPS]
+
+
+def test_export_validation_runs_the_rows_graphs(tmp_path, monkeypatch):
+    # A rows graph that ignored seq_ids (always slot 0..n-1) must fail export's own validation.
+    from neuron_export.errors import ValidationFailedError
+    from neuron_export.export import ExportOptions, export
+    from neuron_export.models import decoder
+
+    hf_dir = tmp_path / "ckpt"
+    save_tiny_checkpoint(transformers.LlamaConfig(**{**COMMON_CONFIG, **CONFIG}), hf_dir)
+    options = dict(model=str(hf_dir), batch_size=2, sequence_length=48, max_context_length=32, context_buckets=[32],
+                   backend="torch-export", disable_neuron_cache=True)
+    export(ExportOptions(output=str(tmp_path / "good"), **options), log=lambda _m: None)  # validates, passes
+    original = decoder.Attention.token_generation
+    monkeypatch.setattr(decoder.Attention, "token_generation",
+                        lambda self, x, cos, sin, positions, mask, seq_ids=None: original(
+                            self, x, cos, sin, positions, mask,
+                            None if seq_ids is None else torch.arange(seq_ids.shape[0])))
+    with pytest.raises(ValidationFailedError, match="differ from transformers"):
+        export(ExportOptions(output=str(tmp_path / "bad"), **options), log=lambda _m: None)

@@ -56,7 +56,11 @@ def validate_artifact(
     n = min(12, config.max_context_length - 1, config.sequence_length - DECODE_STEPS - 1)
     bucket = config.bucket_for(n)
     prefill = backend.load(root / config.graphs[f"context_encoding_{bucket}"].file, constants)
-    decode = backend.load(root / config.graphs["token_generation"].file, constants)
+    # Decode steps cycle through the sub-batch graphs (rows, seq_ids input) and the full-batch one, so
+    # every compiled graph meets transformers at least once when DECODE_STEPS allows.
+    decoders = [(g.rows, backend.load(root / g.file, constants)) for g in config.graphs.values()
+                if g.role == "token_generation"]
+    decoders.sort(key=lambda d: d[0] or config.batch_size)
     ref_model = (hf_model.to(dtype) if hf_model is not None else _reference_model(hf_config, hf_state, dtype))
     ids = (torch.arange(n) * 7919 + 13) % config_vocab(hf_config)
     sampling = config.on_device_sampling
@@ -67,7 +71,9 @@ def validate_artifact(
     extra = greedy(1) if sampling else ()
     prefixes, ours_logits, ref_logits = [], [], []
     with torch.no_grad():
-        ours = prefill(padded, torch.tensor([0]), torch.tensor([n - 1]), *extra)[0]
+        # The last slot, not 0: a graph that ignored its seq_id/seq_ids input would land in slot 0.
+        slot = config.batch_size - 1
+        ours = prefill(padded, torch.tensor([slot]), torch.tensor([n - 1]), *extra)[0]
         seq = ids.view(1, -1)
         for step in range(DECODE_STEPS + 1):
             ref = ref_model(seq).logits[0, -1].float()
@@ -85,12 +91,18 @@ def validate_artifact(
             if step == DECODE_STEPS:
                 break
             seq = torch.cat([seq, torch.tensor([[nxt]])], dim=1)
-            tokens = torch.zeros(config.batch_size, 1, dtype=torch.long)
-            tokens[0, 0] = nxt
-            positions = torch.zeros(config.batch_size, dtype=torch.long)
-            positions[0] = seq.shape[1] - 1
-            extra = greedy(config.batch_size) if sampling else ()
-            ours = decode(tokens, positions, *extra)[0]
+            rows, decode = decoders[step % len(decoders)]
+            tokens = torch.zeros(rows or config.batch_size, 1, dtype=torch.long)
+            positions = torch.zeros(rows or config.batch_size, dtype=torch.long)
+            # The full graph decodes the slot in its own row; a sub-batch graph names the slot in every row
+            # (the same token at the same position: identical KV writes).
+            row = slot if rows is None else slice(None)
+            tokens[row, 0] = nxt
+            positions[row] = seq.shape[1] - 1
+            seq_ids = () if rows is None else (torch.full((rows,), slot, dtype=torch.long),)
+            extra = greedy(rows or config.batch_size) if sampling else ()
+            ours = decode(tokens, positions, *seq_ids, *extra)[0]
+            ours = ours[slot:slot + 1] if rows is None else ours[:1]
     if sampling:
         log(f"Validation against transformers ({config.torch_dtype}, prefill + {DECODE_STEPS} decode steps): "
             "greedy tokens identical")
