@@ -134,3 +134,26 @@ def test_export_true_without_neuron_export_names_the_package(tiny_checkpoint):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "ERR" in out.stdout and "pip install neuron-export" in out.stdout, out.stdout + out.stderr[-1000:]
+
+
+@pytest.mark.parametrize(("built", "here", "refused"),
+                         [("AVX512", "AVX2", True), ("AVX2", "AVX2", False), ("AVX2", "AVX512", False)])
+def test_graphs_from_a_stronger_cpu_isa_are_refused(tiny_artifact, tmp_path, monkeypatch, built, here, refused):
+    from neuron_cache import NeuronConfig
+    from neuron_infer import runtime
+
+    root = _copy(tiny_artifact, tmp_path / "a")
+    _edit_config(root, target__backend="torch-aot", metadata__cpu_isa=built)
+    monkeypatch.setattr(runtime, "host_cpu_isa", lambda: here)
+    config = NeuronConfig.load(root)
+    if refused:
+        with pytest.raises(RuntimeError, match=f"compiled on a {built} CPU; this machine offers {here}"):
+            runtime.check_compatible(config, root)
+    else:
+        runtime.check_compatible(config, root)
+
+
+def test_exported_artifacts_record_the_cpu_isa(tiny_artifact):
+    from neuron_cache import NeuronConfig
+
+    assert NeuronConfig.load(tiny_artifact).metadata["cpu_isa"] == torch.backends.cpu.get_cpu_capability()

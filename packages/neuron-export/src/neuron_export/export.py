@@ -157,6 +157,7 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
         state=[TensorSpec(name=n, shape=list(b.shape), dtype=str(b.dtype).removeprefix("torch."))
                for n, b in model.named_buffers() if n in set(model.state_names())],
         metadata={"eos_token_id": getattr(hf_config, "eos_token_id", None),
+                  "cpu_isa": torch.backends.cpu.get_cpu_capability() if target == "cpu" else None,
                   "prefill_matmul_dtype": "float32" if shapes.prefill_upcast else dtype},
     )
     config.save(out)
@@ -184,6 +185,10 @@ def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: 
     seconds: dict[str, float] = {}
     backend_id = {"name": backend.name, "target": target, "package_version": __version__,
                   "graph_code": graph_code_digest(), **backend.versions()}
+    if target == "cpu":
+        # Inductor emits code for this CPU's vector ISA: an AVX512 graph must never reach an AVX2 machine
+        # through a shared cache.
+        backend_id["cpu_isa"] = torch.backends.cpu.get_cpu_capability()
     flags = {**backend.default_flags(target), **options.flags}
     for i, (role, bucket, rows) in enumerate(jobs, 1):
         name = role if bucket is None else f"{role}_{bucket}"

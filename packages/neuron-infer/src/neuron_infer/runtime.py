@@ -34,8 +34,30 @@ def check_compatible(config: NeuronConfig, root: Path) -> None:
             f"{root} was compiled for '{target.device}' with backend '{target.backend}'; this machine runs cpu/cuda "
             "graphs only. Re-export with --backend torch-aot."
         )
+    _check_cpu_isa(config, root)
     if config.tensor_parallel_size != 1:
         raise RuntimeError(f"tensor_parallel_size={config.tensor_parallel_size} artifacts need a multi-rank runtime")
+
+
+# ATen's names for x86 vector ISAs, weakest first. Inductor compiles CPU graphs for the exporting
+# machine's ISA; run on a weaker one they die of an illegal instruction, so refuse them by name first.
+CPU_ISA_RANK = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
+
+
+def host_cpu_isa() -> str:
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def _check_cpu_isa(config: NeuronConfig, root: Path) -> None:
+    built = (config.metadata or {}).get("cpu_isa")
+    if config.target.device != "cpu" or config.target.backend != "torch-aot" or built not in CPU_ISA_RANK:
+        return
+    here = host_cpu_isa()
+    if CPU_ISA_RANK.get(here, 0) < CPU_ISA_RANK[built]:
+        raise RuntimeError(
+            f"{root} was compiled on a {built} CPU; this machine offers {here}, and the compiled graphs would "
+            f"stop on an illegal instruction. Re-export the model on this machine (or one like it)."
+        )
 
 
 def _onednn_pack(weight: torch.Tensor, batch: int) -> torch.Tensor:
