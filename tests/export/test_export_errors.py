@@ -178,7 +178,9 @@ def test_artifact_config_opens_and_verifies(cli_artifact: Path, tiny_llama_dir: 
     assert (config.max_context_length, config.context_buckets) == (BUCKETS[-1], BUCKETS)
     assert config.checkpoint_id == str(tiny_llama_dir)
     assert config.weights.aliases == {"lm_head.weight": "embed_tokens.weight"}  # tied embeddings stored once
-    assert sorted(config.graphs) == sorted([f"context_encoding_{b}" for b in BUCKETS] + ["token_generation"])
+    # batch 2: one graph per bucket, token generation over both slots and over one (the default decode_batches)
+    assert sorted(config.graphs) == sorted([f"context_encoding_{b}" for b in BUCKETS]
+                                           + ["token_generation", "token_generation_rows1"])
     artifact = Artifact.open(cli_artifact, verify=True)
     assert artifact.config == config
 
