@@ -204,3 +204,18 @@ def test_sanity_validation_catches_a_wrong_export(tiny_llama_dir: Path, tmp_path
     # the compile cache is keyed on the config, not the code: it would serve the good graphs exported above
     assert_fails_with(run_cli("-m", str(tiny_llama_dir), "--backend", "torch-export", "--disable-neuron-cache", *SHAPES,
                               str(tmp_path / "out")), "differ from transformers")
+
+
+def test_cli_decode_batches_and_prefill_upcast_options(tiny_llama_dir: Path, tmp_path: Path):
+    common = ["-m", str(tiny_llama_dir), "--backend", "torch-export", "--disable-validation", *SHAPES]
+    result = run_cli(*common, "--batch_size", "4", "--decode_batches", "1,2", str(tmp_path / "rows"))
+    assert result.exit_code == 0, result.output
+    assert sorted(g.rows for g in NeuronConfig.load(tmp_path / "rows").graphs.values() if g.rows) == [1, 2]
+    result = run_cli(*common, "--batch_size", "4", "--decode_batches", "none", "--torch_dtype", "bfloat16",
+                     "--prefill-upcast", str(tmp_path / "none"))
+    assert result.exit_code == 0, result.output
+    config = NeuronConfig.load(tmp_path / "none")
+    assert all(g.rows is None for g in config.graphs.values())
+    assert config.metadata["prefill_matmul_dtype"] == "float32"
+    assert_fails_with(run_cli(*common, "--batch_size", "2", "--decode_batches", "2", str(tmp_path / "bad")),
+                      "--decode_batches 2", "between 1 and batch_size - 1 (1)")
