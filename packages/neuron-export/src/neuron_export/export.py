@@ -108,8 +108,7 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
     dtype = _dtype(options.torch_dtype, hf_config, source.is_gguf)
     backend = get_backend(options.backend)
     target = options.target or backend.default_target
-    shapes = _shapes(options, hf_config, dtype, _prepack(options, dtype, target))
-    shapes.prefill_upcast = _prefill_upcast(options, dtype, target)
+    shapes = _shapes(options, hf_config, dtype, _prepack(options, dtype, target), _prefill_upcast(options, dtype, target))
     log(f"Exporting {options.model} ({hf_config.model_type}, {family.__name__}) for {task}: batch {shapes.batch_size}, "
         f"sequence {shapes.sequence_length}, buckets {shapes.context_buckets}, {dtype}, backend {backend.name}/{target}")
 
@@ -337,7 +336,7 @@ def _dtype(requested: str, hf_config, is_gguf: bool) -> str:
     return name if name in DEFAULT_ATOL else "float32"
 
 
-def _shapes(options: ExportOptions, hf_config, dtype: str, prepacked: bool) -> StaticShapes:
+def _shapes(options: ExportOptions, hf_config, dtype: str, prepacked: bool, upcast: bool) -> StaticShapes:
     max_ctx = options.max_context_length or options.sequence_length
     buckets = options.context_buckets or default_buckets(max_ctx)
     if options.max_context_length is None and options.context_buckets:
@@ -372,4 +371,4 @@ def _shapes(options: ExportOptions, hf_config, dtype: str, prepacked: bool) -> S
     return StaticShapes(batch_size=options.batch_size, sequence_length=options.sequence_length,
                         decode_batches=list(decode_batches),
                         context_buckets=buckets, dtype=dtype, on_device_sampling=options.on_device_sampling,
-                        max_topk=options.max_topk, prepacked_decode=prepacked)
+                        max_topk=options.max_topk, prepacked_decode=prepacked, prefill_upcast=upcast)

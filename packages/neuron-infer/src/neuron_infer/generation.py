@@ -165,11 +165,10 @@ def _generate_chunk(runtime, prompts, prefix, settings, max_new, streamer, stopp
         done |= _stopped(stopping_criteria, prefix, generated, n_rows)
         if done.all():
             break
-        out = None
-        if n_rows < B:  # a graph over just these rows, when the artifact has one
+        if n_rows < B and runtime.rows_for(n_rows) is not None:  # a graph over just these rows
             out = runtime.decode_slots(list(range(n_rows)), tokens[:n_rows], positions[:n_rows],
                                        row_params[:n_rows] if on_device else None, rand(n_rows))
-        if out is None:
+        else:
             out = runtime.decode(tokens, positions, row_params, rand(B))
         nxt = pick(out, n_rows)
         nxt = torch.where(done, torch.full_like(nxt, settings.pad_token_id), nxt)

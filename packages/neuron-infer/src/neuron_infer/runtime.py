@@ -170,19 +170,19 @@ class DecoderRuntime:
             return self.prefill_graph(bucket)(*args)[0][0]
 
     def decode_slots(self, slots: list[int], tokens: torch.Tensor, positions: torch.Tensor,
-                     sampling: torch.Tensor | None = None, rand: torch.Tensor | None = None) -> torch.Tensor | None:
+                     sampling: torch.Tensor | None = None, rand: torch.Tensor | None = None) -> torch.Tensor:
         """Advance only `slots` (row i: tokens[i] at positions[i]) through the smallest sub-batch graph that
-        holds them; other slots' KV rows are untouched. None when no such graph exists (use `decode`).
+        holds them (`rows_for`; callers check it exists); other slots' KV rows are untouched.
 
         Returns logits (len(slots), vocab), or tokens (len(slots),) with on-device sampling.
         """
         n = len(slots)
         rows = self.rows_for(n)
         if rows is None or n == 0:
-            return None
+            raise ValueError(f"no sub-batch decode graph holds {n} slots (this artifact has rows "
+                             f"{sorted(self._rows_graphs)}); use decode() over the whole batch")
         # Pad by repeating the first row: it rewrites the same KV entry with the same values.
-        pad = [0] * (rows - n)
-        pick = torch.tensor(list(range(n)) + pad)
+        pick = torch.tensor(list(range(n)) + [0] * (rows - n))
         args = [tokens.view(-1)[pick].view(-1, 1).long(), positions.view(-1)[pick].long(),
                 torch.tensor(slots, dtype=torch.long)[pick]]
         if self.config.on_device_sampling:

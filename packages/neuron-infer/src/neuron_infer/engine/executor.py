@@ -77,46 +77,48 @@ class BatchExecutor:
 
     def decode(self, entries: Mapping[int, DecodeEntry],
                hold: Mapping[int, tuple[int, int]] | None = None) -> dict[int, StepResult]:
-        """One token-generation step over the whole compiled batch; returns a token for each entry.
+        """One token-generation step; returns a token for each entry.
 
-        Every row runs, and every row writes its KV cache at its position. A free row runs token 0
+        When the artifact has a graph over fewer slots that holds the entries (`token_generation_rows<n>`),
+        only those slots run and every other slot's KV rows stay untouched. Otherwise every row of the
+        compiled batch runs, and every row writes its KV cache at its position. A free row runs token 0
         at position 0, garbage the next prefill of that slot overwrites. A row that holds a live
         sequence but samples nothing now (vLLM prefilled it this step, or skipped it) must not get
         that garbage in its row 0: `hold` gives it (last token, its position), so it rewrites exactly
         the KV entry its next real decode will write, and its output is dropped.
         """
-        fewer = self._decode_some(entries)
-        if fewer is not None:
-            return fewer
-        B = self.batch_size
-        tokens = torch.zeros(B, dtype=torch.long)
-        positions = torch.zeros(B, dtype=torch.long)
-        for slot, (token, position) in (hold or {}).items():
-            tokens[slot], positions[slot] = token, position
-        for slot, e in entries.items():
-            tokens[slot], positions[slot] = e.token, e.position
+        slots = list(entries)
+        tokens = torch.tensor([entries[s].token for s in slots], dtype=torch.long)
+        positions = torch.tensor([entries[s].position for s in slots], dtype=torch.long)
+        rows = rand = None
+        if self.on_device_sampling and slots:
+            rows = torch.stack([entries[s].sampler.device_row() for s in slots])
+            rand = torch.cat([entries[s].sampler.uniform() for s in slots])
+        if 0 < len(slots) < self.batch_size and self.runtime.rows_for(len(slots)) is not None:
+            out = self.runtime.decode_slots(slots, tokens, positions, rows, rand)
+        else:
+            out = self._decode_full(slots, tokens, positions, rows, rand, hold)
         if self.on_device_sampling:
-            rows = torch.tensor([[1.0, 1.0, 1.0]] * B)
-            rand = torch.zeros(B)
-            for slot, e in entries.items():
-                rows[slot], rand[slot] = e.sampler.device_row(), e.sampler.uniform()[0]
-            out = self.runtime.decode(tokens, positions, rows, rand).reshape(-1)
-            return {slot: StepResult(int(out[slot]), None) for slot in entries}
-        logits = self.runtime.decode(tokens, positions).float()
-        return {slot: StepResult(e.sampler.pick(logits[slot]), logits[slot]) for slot, e in entries.items()}
-
-    def _decode_some(self, entries: Mapping[int, DecodeEntry]) -> dict[int, StepResult] | None:
-        """The step through a graph over just these slots (others untouched, so nothing to hold), when the
-        artifact has one that holds them; else None."""
-        if len(entries) >= self.batch_size or self.runtime.rows_for(len(entries)) is None:
-            return None
-        slots = sorted(entries)
-        tokens = torch.tensor([entries[s].token for s in slots])
-        positions = torch.tensor([entries[s].position for s in slots])
-        if self.on_device_sampling:
-            rows = torch.stack([entries[s].sampler.device_row().view(3) for s in slots])
-            rand = torch.cat([entries[s].sampler.uniform().view(1) for s in slots])
-            out = self.runtime.decode_slots(slots, tokens, positions, rows, rand).reshape(-1)
+            out = out.reshape(-1)
             return {slot: StepResult(int(out[i]), None) for i, slot in enumerate(slots)}
-        logits = self.runtime.decode_slots(slots, tokens, positions).float()
+        logits = out.float()
         return {slot: StepResult(entries[slot].sampler.pick(logits[i]), logits[i]) for i, slot in enumerate(slots)}
+
+    def _decode_full(self, slots: list[int], tokens: torch.Tensor, positions: torch.Tensor,
+                     rows: torch.Tensor | None, rand: torch.Tensor | None,
+                     hold: Mapping[int, tuple[int, int]] | None) -> torch.Tensor:
+        """Every row of the compiled batch; returns the output rows of `slots`, in that order."""
+        B = self.batch_size
+        index = torch.tensor(slots, dtype=torch.long)
+        all_tokens = torch.zeros(B, dtype=torch.long)
+        all_positions = torch.zeros(B, dtype=torch.long)
+        for slot, (token, position) in (hold or {}).items():
+            all_tokens[slot], all_positions[slot] = token, position
+        all_tokens[index], all_positions[index] = tokens, positions
+        if not self.on_device_sampling:
+            return self.runtime.decode(all_tokens, all_positions)[index]
+        all_rows = torch.tensor([[1.0, 1.0, 1.0]] * B)  # greedy for rows that sample nothing
+        all_rand = torch.zeros(B)
+        if slots:
+            all_rows[index], all_rand[index] = rows, rand
+        return self.runtime.decode(all_tokens, all_positions, all_rows, all_rand).reshape(-1)[index]
