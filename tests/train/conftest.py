@@ -1,9 +1,7 @@
-"""Helpers for tests/train: launch torchrun workers (2 gloo processes) and read their results."""
+"""Fixtures for tests/train; the helpers live in train_testlib.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,20 +9,6 @@ import pytest
 
 WORKERS = Path(__file__).parent / "workers"
 sys.path.insert(0, str(WORKERS))  # tests import the tiny-model helpers the workers use
-
-
-def torchrun(script: str, out: Path, *args: str, nproc: int = 2, timeout: int = 180) -> subprocess.CompletedProcess:
-    """Run workers/<script> under torchrun; fail the test with the workers' output on error or timeout."""
-    exe = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    cmd = [str(exe), "--standalone", f"--nproc_per_node={nproc}", str(WORKERS / script), "--out", str(out), *args]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{script} timed out after {timeout}s\n{(e.stdout or '')[-3000:]}\n{(e.stderr or '')[-3000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"{script} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
 
 
 @pytest.fixture(scope="session")

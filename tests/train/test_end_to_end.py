@@ -15,8 +15,6 @@ would generate the full fine-tune's tokens there, not the merged LoRA model's.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,10 +22,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tiny import tiny_config
+from train_testlib import chat_loss, run_checked
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "packages/neuron-train/examples/finetune_smollm2.py"
-DATA = ROOT / "packages/neuron-train/examples/data/chat_small.jsonl"
 PROMPT = "<|im_start|>user\nWhat is the capital of Peru?<|im_end|>\n<|im_start|>assistant\n"
 NEW_TOKENS = 16
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -64,41 +62,17 @@ def compile_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("compile_cache")
 
 
-def _run(cmd: list[str], what: str, timeout: int) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{what} timed out after {timeout}s\n{(e.stdout or '')[-3000:]}\n{(e.stderr or '')[-3000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"{what} exited {proc.returncode}: {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-
-
 def _finetune(base: Path, out: Path, flags: list[str]) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
-    _run([str(torchrun), "--standalone", "--nproc_per_node=2", str(EXAMPLE), "--model-dir", str(base),
+    run_checked([str(torchrun), "--standalone", "--nproc_per_node=2", str(EXAMPLE), "--model-dir", str(base),
           "--output-dir", str(out), "--tp", "2", "--batch-size", "4", "--max-seq-length", "64", *flags],
          "finetune_smollm2.py under torchrun", timeout=300)
 
 
 def _consolidate(src: Path, dst: Path, *extra: str) -> Path:
-    _run([str(Path(sys.executable).with_name("neuron-train")), "consolidate", str(src), str(dst), *extra],
+    run_checked([str(Path(sys.executable).with_name("neuron-train")), "consolidate", str(src), str(dst), *extra],
          "neuron-train consolidate", timeout=120)
     return dst
-
-
-def _chat_loss(model, tok, n: int = 32) -> float:
-    """Token-weighted loss on the assistant replies of the first n conversations, computed by transformers."""
-    from neuron_train.training.data import load_chat_jsonl, tokenize_chat
-
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for messages in load_chat_jsonl(DATA)[:n]:
-            ex = tokenize_chat(messages, tok, max_length=64)
-            labelled = sum(1 for x in ex["labels"][1:] if x != -100)
-            out = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]]))
-            total, count = total + out.loss.item() * labelled, count + labelled
-    return total / count
 
 
 @pytest.mark.slow
@@ -128,7 +102,7 @@ def test_finetune_consolidate_export_generate(variant: str, base_dir: Path, comp
     tok = AutoTokenizer.from_pretrained(hf_dir)
     hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     base_model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-    tuned_loss, base_loss = _chat_loss(hf_model, tok), _chat_loss(base_model, tok)
+    tuned_loss, base_loss = chat_loss(hf_model, tok, n=32, max_length=64), chat_loss(base_model, tok, n=32, max_length=64)
     assert tuned_loss < base_loss - 1.0, f"chat loss {tuned_loss:.3f} after fine-tuning vs {base_loss:.3f} before"
 
     artifact = tmp_path / "artifact"

@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import torchrun
+from train_testlib import chat_loss, torchrun
 
 from neuron_train.cli import main as cli
-
-DATA = Path(__file__).resolve().parents[2] / "packages/neuron-train/examples/data/chat_small.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +26,6 @@ def _consolidate(src: Path, dst: Path, *extra: str) -> Path:
     result = CliRunner().invoke(cli, ["consolidate", str(src), str(dst), *extra])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return dst
-
-
-def _dataset_loss(model, tok) -> float:
-    from neuron_train.training.data import load_chat_jsonl, tokenize_chat
-
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for messages in load_chat_jsonl(DATA)[:40]:
-            ex = tokenize_chat(messages, tok, max_length=96)
-            n = sum(1 for x in ex["labels"][1:] if x != -100)
-            out = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]]))
-            total, count = total + out.loss.item() * n, count + n
-    return total / count
 
 
 @pytest.mark.distributed
@@ -74,7 +59,7 @@ def test_lora_adapter_loads_in_peft_and_equals_merge(lora_run: Path, tmp_path: P
     ids = torch.tensor([tok("<|im_start|>user\nWhat is the capital of Peru?<|im_end|>\n")["input_ids"]])
     base = AutoModelForCausalLM.from_pretrained(unmerged, dtype=torch.float32).eval()
     base_logits = base(input_ids=ids).logits
-    base_loss = _dataset_loss(base, tok)
+    base_loss = chat_loss(base, tok, n=40, max_length=96)
     with_adapter = PeftModel.from_pretrained(base, unmerged / "adapter").eval()
     merged_model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     peft_logits = with_adapter(input_ids=ids).logits
@@ -82,5 +67,5 @@ def test_lora_adapter_loads_in_peft_and_equals_merge(lora_run: Path, tmp_path: P
 
     assert (peft_logits - base_logits).abs().max() > 1e-2, "the adapter has no effect"
     torch.testing.assert_close(peft_logits, merged_logits, atol=1e-4, rtol=1e-4)
-    merged_loss = _dataset_loss(merged_model, tok)
+    merged_loss = chat_loss(merged_model, tok, n=40, max_length=96)
     assert merged_loss < base_loss - 0.5, f"merged model loss {merged_loss:.3f} vs base {base_loss:.3f}"

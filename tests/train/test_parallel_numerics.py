@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import torchrun
+from train_testlib import torchrun
 
 MODELS = ("llama", "qwen3", "granite")
 VARIANTS = ("tp1", "tp2", "tp2_sp", "tp2_sp_gc")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import torchrun
+from train_testlib import torchrun
 
 
 @pytest.fixture(scope="module")

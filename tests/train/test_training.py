@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import torchrun
+from train_testlib import torchrun
 
 from neuron_train.cli import main as cli
 

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from tiny import tiny_config
+from train_testlib import DATA
 
 from neuron_train.models.plan import ParamPlan, ShardContext, shard, unshard
 from neuron_train.parallel.dims import ParallelDims
 from neuron_train.training.args import NeuronTrainingArguments
 from neuron_train.training.data import BatchOrder, Collator, load_chat_jsonl, tokenize_chat
-
-DATA = Path(__file__).resolve().parents[2] / "packages/neuron-train/examples/data/chat_small.jsonl"
 
 
 @pytest.mark.parametrize(
