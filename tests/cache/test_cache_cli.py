@@ -143,3 +143,51 @@ def test_offline_create_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = run("create", "org/cli-cache")
     assert result.exit_code == 1 and "HF_HUB_OFFLINE" in result.output
+
+
+# ---- a remote that cannot be reached is an error, never "0 entries" ------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def dead_s3(monkeypatch: pytest.MonkeyPatch) -> str:
+    """An S3 endpoint on a closed localhost port (botocore gives up after its retries, ~3 s)."""
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    return "s3://bucket/prefix"
+
+
+def test_status_remote_offline_says_it_did_not_reach_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = run("--url", "hf://org/team-cache", "status", "--remote")
+    assert result.exit_code == 1, result.output
+    assert "remote entries" not in result.output  # the old "remote entries  0"
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "could not reach the remote hf://org/team-cache" in error[0]
+    assert "HF_HUB_OFFLINE" in error[0]
+    assert "local store" in result.output  # what could be shown locally still is
+
+
+def test_status_remote_and_lookup_with_an_unreachable_s3_endpoint(dead_s3: str) -> None:
+    CompileCache.from_env(dead_s3).register_export("org/tiny-llama", neuron_config())
+
+    status = run("--url", dead_s3, "status", "--remote")
+    assert status.exit_code == 1 and "remote entries" not in status.output
+    assert f"Error: could not reach the remote {dead_s3}" in status.output and "AWS_ENDPOINT_URL" in status.output
+
+    lookup = run("--url", dead_s3, "lookup", "org/tiny-llama")
+    assert lookup.exit_code == 1, lookup.output  # not 0: the answer lacks the remote's configurations
+    assert "1 compiled configuration(s) of org/tiny-llama" in lookup.output  # the local registry still shows
+    assert f"could not reach the remote {dead_s3}" in lookup.output and "local registry only" in lookup.output
+
+    missing = run("--url", dead_s3, "lookup", "org/other")
+    assert missing.exit_code == 1 and "no compiled configuration" not in missing.output  # not "found nothing" (3)

@@ -14,7 +14,9 @@ from typing import Any
 
 import click
 
-from neuron_cache.store import CacheEntry, CacheError, CompileCache
+from neuron_cache.store import CacheEntry, CacheError, CompileCache, RemoteError
+from neuron_cache.store.local import not_ours
+from neuron_cache.store.remote import unreachable
 from neuron_cache.store.settings import (
     config_path,
     hub_offline,
@@ -112,6 +114,8 @@ EPILOG = (
 def cli(ctx: click.Context, url: str | None, verbose: bool) -> None:
     """Manage the Neuron compile cache: a local store, optionally backed by a Hub repo or an S3 prefix."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if url is not None:
+        resolve_location(url)  # an empty --url is an error for every command, not the current directory
     ctx.obj = {"url": url}
 
 
@@ -163,9 +167,17 @@ def synchronize(ctx: click.Context) -> None:
 @click.option("--target", help="Device, backend or instance type of the target (e.g. trn2, cpu, torch-aot).")
 @click.pass_context
 def lookup(ctx: click.Context, model_id: str, **filters: Any) -> None:
-    """List the configurations compiled for MODEL_ID (exit 3 if none)."""
-    found = _cache(ctx).lookup(model_id, **filters)
+    """List the configurations compiled for MODEL_ID (exit 3 if none; 1 if the remote cannot be reached)."""
+    cache = _cache(ctx)
+    failure: str | None = None
+    try:
+        cache.pull_registry(model_id)
+    except RemoteError as err:  # show what the local registry has, then fail: the answer is incomplete
+        failure = unreachable(getattr(cache.remote, "url", ""), err)
+    found = cache.registry.lookup(model_id, **filters)
     if not found:
+        if failure is not None:
+            raise CacheError(f"{failure}; the local registry has no configuration of {model_id} either")
         wanted = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None)
         click.echo(f"no compiled configuration of {model_id}{f' with {wanted}' if wanted else ''}", err=True)
         ctx.exit(EXIT_NOT_FOUND)
@@ -177,6 +189,8 @@ def lookup(ctx: click.Context, model_id: str, **filters: Any) -> None:
     ]
     click.echo(f"{len(found)} compiled configuration(s) of {model_id}:")
     click.echo(table(("task", "batch", "seq_len", "tp", "dtype", "target", "compiler", "buckets"), rows))
+    if failure is not None:
+        raise CacheError(f"{failure}; the list above is the local registry only")
 
 
 @cli.command()
@@ -187,6 +201,7 @@ def status(ctx: click.Context, show_entries: bool, count_remote: bool) -> None:
     """Show the local store, the remote and the registry."""
     location = resolve_location(ctx.obj["url"])
     cache = _cache(ctx)
+    cache.local.check_usable()
     entries = cache.entries()
     models = cache.registry.models()
     rows = [
@@ -196,10 +211,16 @@ def status(ctx: click.Context, show_entries: bool, count_remote: bool) -> None:
         ("registry", f"{len(models)} models, {len(cache.registry.files())} configurations"),
         ("config file", f"{config_path()} (default remote: {read_default_remote() or 'none'})"),
     ]
+    failure: str | None = None
     if count_remote and cache.remote is not None:
-        rows.append(("remote entries", str(len(cache.remote.entry_keys()))))
+        try:
+            rows.append(("remote entries", str(len(cache.remote.entry_keys()))))
+        except RemoteError as err:  # never "0 entries" for a remote that was not asked
+            failure = unreachable(cache.remote.url, err)
     width = max(len(name) for name, _ in rows)
     click.echo("\n".join(f"{name.ljust(width)}  {value}" for name, value in rows))
+    if failure is not None:
+        raise CacheError(failure)
     if show_entries and entries:
         click.echo()
         click.echo(_entries_table(sorted(entries, key=lambda e: -e.last_access)))
@@ -217,12 +238,21 @@ def _entries_table(entries: Sequence[CacheEntry]) -> str:
 @click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
 @click.pass_context
 def cleanup(ctx: click.Context, older_than: float | None, max_size: int | None, dry_run: bool) -> None:
-    """Remove unused entries from the local store, least recently used first."""
-    removed = _cache(ctx).cleanup(max_size_bytes=max_size, older_than_seconds=older_than, dry_run=dry_run)
+    """Remove unused entries from the local store, least recently used first.
+
+    Deletes only what the cache created (its entries and staging); anything else under the cache
+    directory is listed as left alone. Refuses a non-empty directory that is not a compile cache.
+    """
+    report = _cache(ctx).cleanup_report(max_size_bytes=max_size, older_than_seconds=older_than, dry_run=dry_run)
+    removed = report.removed
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {len(removed)} entries ({format_size(sum(e.size for e in removed))})")
     if removed:
         click.echo(_entries_table(removed))
+    if report.in_use:
+        click.echo(f"in use, kept: {', '.join(e.key[:16] for e in report.in_use)}")
+    for path in report.left_alone:
+        click.echo(f"left alone: {not_ours(path)}")
 
 
 def main(argv: Sequence[str] | None = None, standalone_mode: bool = True) -> Any:

@@ -8,7 +8,7 @@
 Importing this package imports neither huggingface_hub nor boto3; a remote imports its client on use.
 """
 
-from neuron_cache.store.cache import CacheStats, CompileCache
+from neuron_cache.store.cache import CacheStats, CleanupReport, CompileCache
 from neuron_cache.store.entry import CacheEntry
 from neuron_cache.store.errors import CacheError, CorruptEntryWarning, RemoteError
 from neuron_cache.store.key import NON_GRAPH_CONFIG_FIELDS, graph_cache_key, why_not_in_graph
@@ -19,6 +19,7 @@ __all__ = [
     "CacheEntry",
     "CacheError",
     "CacheStats",
+    "CleanupReport",
     "CompileCache",
     "CorruptEntryWarning",
     "Remote",

@@ -27,7 +27,7 @@ from neuron_cache.config import NeuronConfig
 from neuron_cache.store.entry import CacheEntry, Manifest, ManifestError, check_filename
 from neuron_cache.store.errors import CacheError, CorruptEntryWarning, RemoteError
 from neuron_cache.store.key import canonical, check_key
-from neuron_cache.store.local import LocalStore
+from neuron_cache.store.local import LocalStore, not_ours, store_errors
 from neuron_cache.store.registry import Registry, model_slug
 from neuron_cache.store.remote import Remote, SyncReport, open_remote
 from neuron_cache.store.settings import resolve_location
@@ -53,6 +53,17 @@ class CacheStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+@dataclass(kw_only=True, slots=True)
+class CleanupReport:
+    """What `cleanup_report` did: `removed` entries (least recently used first; with dry_run, those it
+    would remove), `in_use` entries it skipped because a process held their lock, and `left_alone`:
+    paths under the root that the cache did not create, which it never deletes."""
+
+    removed: list[CacheEntry]
+    in_use: list[CacheEntry]
+    left_alone: list[Path]
 
 
 class CompileCache:
@@ -106,12 +117,11 @@ class CompileCache:
         if not self.enabled:
             self.stats.misses += 1
             return self._compile_uncached(compile_fn, filename)
-        lock = self.local.lock(key, self.lock_timeout)
         try:
-            lock.acquire()
+            lock = self.local.acquire(key, self.lock_timeout)
         except Timeout as err:
             raise CacheError(
-                f"compile cache: waited {self.lock_timeout}s for the lock of {key} ({lock.lock_file}), held by another "
+                f"compile cache: waited {self.lock_timeout}s for the lock of {key} ({err.lock_file}), held by another "
                 "process that is probably compiling it; wait longer (lock_timeout=None) or disable the cache"
             ) from err
         try:
@@ -209,21 +219,36 @@ class CompileCache:
         """Record that `model_id` was exported with `neuron_config` (idempotent)."""
         if not self.enabled:
             return None
-        return self.registry.add(model_id, neuron_config)
+        self.local.prepare()
+        with store_errors(self.root):
+            return self.registry.add(model_id, neuron_config)
 
     def lookup(self, model_id: str, **filters: Any) -> list[dict[str, Any]]:
         """Registered neuron_config dicts of `model_id` matching the filters (None filters are ignored).
 
-        Asks the remote for registry files this store lacks (not in offline mode), keeping them.
+        Asks the remote for registry files this store lacks (not in offline mode), keeping them; a
+        remote that cannot be reached is logged and the local registry answers alone.
         """
         if self.remote is not None and self.enabled:
             try:
-                have = set(self.registry.files(model_id))
-                for rel, data in self.remote.fetch_registry(model_slug(model_id), have).items():
-                    self.registry.install(rel, data)
+                self.pull_registry(model_id)
             except RemoteError as err:
                 logger.warning("compile cache: %s; showing the local registry only", err)
         return self.registry.lookup(model_id, **filters)
+
+    def pull_registry(self, model_id: str) -> int:
+        """Download the remote's registry files of `model_id` that this store lacks; returns how many.
+        Raises RemoteError if the remote cannot be reached (none: 0; offline Hub: 0, logged)."""
+        if self.remote is None:
+            return 0
+        have = set(self.registry.files(model_id))
+        pulled = self.remote.fetch_registry(model_slug(model_id), have)
+        if pulled:
+            self.local.prepare()
+        with store_errors(self.root):
+            for rel, data in pulled.items():
+                self.registry.install(rel, data)
+        return len(pulled)
 
     # ---- remote and housekeeping ---------------------------------------------------------------
     def synchronize(self) -> SyncReport:
@@ -235,8 +260,11 @@ class CompileCache:
             )
         valid: list[CacheEntry] = []
         for listed in self.local.entries():
-            with self.local.lock(listed.key, self.lock_timeout):
+            lock = self.local.acquire(listed.key, self.lock_timeout)
+            try:
                 entry = self._local_entry(listed.key)
+            finally:
+                lock.release()
             if entry is not None:
                 valid.append(entry)
         registry = [(rel, self.local.root / rel) for rel in self.registry.files()]
@@ -252,9 +280,22 @@ class CompileCache:
     ) -> list[CacheEntry]:
         """Remove entries unused for `older_than_seconds`, then least recently used ones until the store
         holds at most `max_size_bytes`. Returns the removed entries (or, dry run, those it would remove),
-        least recently used first. Entries locked by a running process are skipped."""
+        least recently used first. Entries locked by a running process are skipped; paths the cache
+        did not create are left alone, each logged once (`cleanup_report` returns them)."""
+        report = self.cleanup_report(max_size_bytes, older_than_seconds, dry_run)
+        for path in report.left_alone:
+            logger.warning("compile cache: left alone: %s", not_ours(path))
+        return report.removed
+
+    def cleanup_report(
+        self, max_size_bytes: int | None = None, older_than_seconds: float | None = None, dry_run: bool = False
+    ) -> CleanupReport:
+        """`cleanup`, reporting what was in use and what was left alone. Refuses (CacheError) a root that
+        is neither empty nor a compile cache (no marker, no entries/): it deletes nothing there."""
+        self.local.check_is_cache()
         now = time.time()
-        listed = sorted(self.local.entries(), key=lambda e: e.last_access)
+        listed, foreign = self.local.scan()
+        listed.sort(key=lambda e: e.last_access)
         chosen = {e.key: e for e in listed if older_than_seconds is not None and now - e.last_access > older_than_seconds}
         if max_size_bytes is not None:
             kept = [e for e in listed if e.key not in chosen]
@@ -266,15 +307,16 @@ class CompileCache:
                 remaining -= entry.size
         ordered = sorted(chosen.values(), key=lambda e: e.last_access)
         if dry_run:
-            return ordered
-        removed = [entry for entry in ordered if self._remove_if_unlocked(entry)]
+            return CleanupReport(removed=ordered, in_use=[], left_alone=foreign)
+        removed, in_use = [], []
+        for entry in ordered:
+            (removed if self._remove_if_unlocked(entry) else in_use).append(entry)
         self.local.sweep_all_staging()
-        return removed
+        return CleanupReport(removed=removed, in_use=in_use, left_alone=foreign)
 
     def _remove_if_unlocked(self, entry: CacheEntry) -> bool:
-        lock = self.local.lock(entry.key, timeout=0)
         try:
-            lock.acquire()
+            lock = self.local.acquire(entry.key, timeout=0)
         except Timeout:
             logger.info("compile cache: %s is in use; not removing it", entry.key)
             return False

@@ -106,6 +106,18 @@ def with_retries(
     raise AssertionError("unreachable")
 
 
+def unreachable(url: str, err: Exception) -> str:
+    """One line for a remote that could not be reached: which URL, why (from the RemoteError), the fix."""
+    why = str(err).removeprefix(f"{url}: ")
+    if "HF_HUB_OFFLINE" in why:
+        return f"could not reach the remote {url} ({why})"
+    fix = (
+        "check HF_ENDPOINT, HF_TOKEN and the network" if url.startswith("hf://")
+        else "check the bucket, AWS_ENDPOINT_URL, your AWS credentials and the network"
+    )
+    return f"could not reach the remote {url} ({why}); {fix}"
+
+
 def open_remote(url: str, **options: object) -> Remote:
     """S3Remote for s3://bucket/prefix, HubRemote for hf://org/repo (their modules import boto3 or huggingface_hub)."""
     kind, _ = parse_remote_url(url)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from neuron_cache.store.entry import MANIFEST, CacheEntry, Manifest, ManifestError
-from neuron_cache.store.errors import RemoteError
+from neuron_cache.store.errors import CacheError, RemoteError
 from neuron_cache.store.registry import is_registry_path
 from neuron_cache.store.remote import RetryPolicy, SyncReport, entry_file, key_of_manifest, with_retries
 from neuron_cache.store.settings import hub_endpoint, hub_offline, parse_remote_url
@@ -62,6 +63,11 @@ class HubRemote:
     ) -> None:
         _, self.repo_id = parse_remote_url(url if url.startswith("hf://") else f"hf://{url}")
         self.url = f"hf://{self.repo_id}"
+        if importlib.util.find_spec("huggingface_hub") is None:  # a dependency of neuron-cache, so a broken install
+            raise CacheError(
+                f"{self.url}: Hub compile caches need huggingface_hub, which is not installed; "
+                "pip install 'huggingface_hub>=1.0' (or reinstall neuron-cache)"
+            )
         self.endpoint = endpoint or hub_endpoint()
         self.token = token
         self.revision = revision
@@ -158,8 +164,8 @@ class HubRemote:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def entry_keys(self) -> set[str]:
-        if self.offline("list"):
-            return set()
+        if hub_offline():  # an empty set would read as "the remote has no entries"
+            raise RemoteError(f"{self.url}: not listed because HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to reach the Hub")
         return {k for rel in self._files("entries") if (k := key_of_manifest(rel)) is not None}
 
     def fetch_registry(self, slug: str, skip: set[str]) -> dict[str, bytes]:

@@ -9,6 +9,7 @@ with jitter).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from neuron_cache.store.entry import MANIFEST, CacheEntry, Manifest, ManifestError
-from neuron_cache.store.errors import RemoteError
+from neuron_cache.store.errors import CacheError, RemoteError
 from neuron_cache.store.registry import is_registry_path
 from neuron_cache.store.remote import SyncReport, entry_file, key_of_manifest
 from neuron_cache.store.settings import parse_remote_url, s3_endpoint
@@ -28,6 +29,8 @@ _MISSING = {"404", "NoSuchKey", "NotFound"}
 class S3Remote:
     def __init__(self, url: str, *, endpoint_url: str | None = None, region_name: str | None = None, client: Any = None):
         _, rest = parse_remote_url(url)
+        if client is None and importlib.util.find_spec("boto3") is None:  # say it now, not at the first miss
+            raise CacheError(f"{url}: S3 compile caches need boto3, which is not installed; pip install 'neuron-cache[s3]'")
         self.url = url
         self.bucket, _, prefix = rest.partition("/")
         self.prefix = prefix.strip("/")

@@ -11,6 +11,10 @@ Resolution of `CompileCache.from_env(url)`:
 Remote URLs: ``s3://bucket/prefix`` (endpoint from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``,
 credentials from boto3's usual chain) and ``hf://org/repo`` (a model repo on the Hub at
 ``HF_ENDPOINT``; ``HF_HUB_OFFLINE=1`` keeps the cache local).
+
+An environment variable set to the empty string counts as unset (as click treats ``--cache-url``'s
+environment variable). An empty or blank URL *given* (``--url ""``, ``from_env("")``) is an error:
+read as a path it would make the current directory a cache.
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ def config_path() -> Path:
 
 
 def default_local_dir() -> Path:
-    env = os.environ.get(ENV_DIR)
+    env = os.environ.get(ENV_DIR, "")
+    if env and not env.strip():
+        raise CacheError(f"{ENV_DIR}={env!r} is blank; set it to a directory or unset it (default: {neuron_home() / 'compile'})")
     return Path(env).expanduser() if env else neuron_home() / "compile"
 
 
@@ -105,6 +111,12 @@ def resolve_location(url: str | None = None) -> CacheLocation:
         url, source = read_default_remote(), str(config_path())
     if url is None:
         return CacheLocation(root=default_local_dir(), remote_url=None, source="default")
+    if not url.strip() or url.strip() == "file://":
+        given = f"{ENV_URL}={url!r}" if source == ENV_URL else f"compile cache URL {url!r} (--url, neuron-export --cache-url)"
+        raise CacheError(
+            f"{given} is empty; give a directory, s3://BUCKET/PREFIX or hf://ORG/REPO, or leave it out to use "
+            f"{ENV_DIR} or the default store"
+        )
     if "://" in url and not url.startswith("file://"):
         parse_remote_url(url)
         return CacheLocation(root=default_local_dir(), remote_url=url, source=source)
