@@ -7,12 +7,19 @@ checkpoint-<step>/
   optim-tp<r>.pt               optimizer (ZeRO-1 state gathered over DP first) + LR scheduler
   rng-rank<g>.pt               every process's Python / torch (/CUDA) RNG state
   trainer_state.json           step, batch-order position, log history (rank 0)
+
+The .pt files hold only tensors and plain Python values (dicts, lists, tuples, numbers, strings,
+None), so resume reads them with torch.load(weights_only=True): unpickling a checkpoint someone
+else crafted can then run no code. A file holding anything else is refused, not loaded. Files
+written by earlier versions hold the same values and load the same way.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,6 +43,32 @@ def _barrier(dims: ParallelDims) -> None:
 
 def model_file(tp_rank: int) -> str:
     return f"model-tp{tp_rank:02d}.safetensors"
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint .pt file holds objects that only a full (code-running) unpickle could rebuild."""
+
+
+def _refusal(text: str) -> str:
+    """The part of torch's multi-paragraph weights_only error that says what was refused."""
+    if found := re.search(r"GLOBAL (\S+)", text):
+        return f"it pickles {found.group(1)}"
+    if found := re.search(r"^(Unsupported .*)$", text, re.MULTILINE):
+        return f"the safe reader stopped at: {found.group(1)}"
+    return "the safe reader refused it"
+
+
+def load_plain(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers; anything else is refused unread."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        what = _refusal(str(err))
+        raise UnsafeCheckpointError(
+            f"{path} holds more than tensors and plain values ({what}); refusing to load it, because "
+            "unpickling it could run code. Resume only from checkpoints written by neuron-train's "
+            "save_checkpoint, or start the run without resume_from_checkpoint."
+        ) from None
 
 
 def save_checkpoint(
@@ -95,10 +128,10 @@ def load_checkpoint(
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[n])
-    blob = torch.load(path / f"optim-tp{dims.tp_rank:02d}.pt", weights_only=False)
+    blob = load_plain(path / f"optim-tp{dims.tp_rank:02d}.pt")
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
-    rng = torch.load(path / f"rng-rank{dims.rank:04d}.pt", weights_only=False)
+    rng = load_plain(path / f"rng-rank{dims.rank:04d}.pt")
     random.setstate(rng["python"])
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():
