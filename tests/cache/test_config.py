@@ -27,7 +27,8 @@ ROOT_FIELDS = (
     "graphs, weights, state, metadata"
 )
 GRAPH_FIELDS = "file, sha256, role, bucket, rows, inputs, outputs, mutated_state"
-PATH_RULE = r"strings matching (?!/)(?!.*\.\.)[^\\]+ (relative path inside the artifact: no leading '/', no '..')"
+PATH_RULE = (r"strings matching (?!/)(?![\s\S]*\.\.)[^\\\x00-\x1f\x7f]+ (relative path inside the artifact: "
+             "no leading '/', no '..', no backslash or control characters)")
 SHA_RULE = "strings matching [0-9a-f]{64} (lowercase hex sha256 digest of the file)"
 
 
@@ -171,6 +172,19 @@ MALFORMED = [
          f"field 'graphs.token_generation.file' = '/opt/artifacts/tg.pt2': has the wrong format. Allowed: {PATH_RULE}."),
     case("graph-parent-path", put((*TG, "file"), "graphs/../../tg.pt2"), "graphs.token_generation.file",
          f"field 'graphs.token_generation.file' = 'graphs/../../tg.pt2': has the wrong format. Allowed: {PATH_RULE}."),
+    # A newline once hid the '..' from a look-ahead that stopped at the line end (issue 10).
+    case("graph-newline-escape", put((*TG, "file"), "x\n/../../outside.pt2"), "graphs.token_generation.file",
+         f"field 'graphs.token_generation.file' = 'x\\n/../../outside.pt2': has the wrong format. Allowed: {PATH_RULE}."),
+    case("graph-backslash", put((*TG, "file"), "graphs\\..\\tg.pt2"), "graphs.token_generation.file",
+         "field 'graphs.token_generation.file' = 'graphs\\\\..\\\\tg.pt2': has the wrong format."),
+    case("weights-nul", put(("weights", "files", 0, "path"), "weights/a\x00.safetensors"), "weights.files[0].path",
+         "field 'weights.files[0].path' = 'weights/a\\x00.safetensors': has the wrong format."),
+    case("bucket-without-graph", drop(("graphs", "context_encoding_128")), "context_buckets",
+         "field 'context_buckets' = [128, 512]: names bucket(s) [128] that no context_encoding graph has. "
+         "Allowed: buckets with a graph: [512]. Fix: re-export the model, or drop those buckets."),
+    case("no-full-batch-decode-graph", drop(("graphs", "token_generation")), "graphs",
+         "field 'graphs' = ['context_encoding_128', 'context_encoding_512']: has no token_generation graph over "
+         "the whole batch. Allowed: a token_generation graph with rows null. Fix: re-export the model."),
     case("weights-absolute-path", put(("weights", "files", 1, "path"), "/data/model.safetensors"),
          "weights.files[1].path",
          f"field 'weights.files[1].path' = '/data/model.safetensors': has the wrong format. Allowed: {PATH_RULE}."),

@@ -31,9 +31,14 @@ TASKS = ("text-generation", "feature-extraction", "sentence-similarity", "fill-m
 DTYPES = ("float32", "bfloat16", "float16")
 GRAPH_ROLES = ("context_encoding", "token_generation", "speculation", "encoder")
 _SHA256 = "[0-9a-f]{64}"
-_REL_PATH = r"(?!/)(?!.*\.\.)[^\\]+"
+# No leading '/', no '..' anywhere, no backslash and no control character: a newline once let
+# "x\n/../../outside.pt2" past a '..' look-ahead that stopped at the line end. `Artifact.path` also
+# resolves every path (symlinks included) and refuses one that leaves the artifact root.
+_REL_PATH = r"(?!/)(?![\s\S]*\.\.)[^\\\x00-\x1f\x7f]+"
 _SHA256_MEANING = "lowercase hex sha256 digest of the file"
-_REL_PATH_MEANING = "relative path inside the artifact: no leading '/', no '..'"
+_REL_PATH_MEANING = "relative path inside the artifact: no leading '/', no '..', no backslash or control characters"
+MAX_CONFIG_BYTES = 16 << 20  # a decoder's config is a few KiB; refuse to parse a memory bomb
+MAX_NESTING = 64  # the schema nests 4 levels; free-form metadata gets generous room, not unbounded recursion
 
 
 def first_reader_of(schema_version: int) -> str:
@@ -191,15 +196,7 @@ class NeuronConfig:
         path = Path(path)
         if path.is_dir():
             path = path / CONFIG_NAME
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            # The value is shortened in the message when long, so the problem names the whole path.
-            raise NeuronConfigError(
-                "<root>", str(path), f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno} of {path})",
-                allowed="a JSON object", fix="repair the file or export the artifact again",
-            ) from err
-        return cls.from_dict(data)
+        return cls.from_dict(_read_json(path))
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -232,6 +229,8 @@ class NeuronConfig:
             raise NeuronConfigError("graphs", self.graphs, "is empty", allowed="at least one compiled graph")
         for name, graph in self.graphs.items():
             self._validate_graph(name, graph)
+        if self.task == "text-generation":
+            self._validate_decoder_graphs()
         for name, spec in self.weights.sharding.items():
             if spec.segments is not None and spec.partition_dim is None:
                 raise NeuronConfigError(
@@ -305,6 +304,26 @@ class NeuronConfig:
                                         allowed=f"1..{self.batch_size - 1}" if self.batch_size > 1 else "null",
                                         fix="a graph over every slot has rows null")
 
+    def _validate_decoder_graphs(self) -> None:
+        """A decoder runs every bucket and the full batch: each must have its graph (not only be named)."""
+        have = {g.bucket for g in self.graphs.values() if g.role == "context_encoding"}
+        missing = [b for b in self.context_buckets if b not in have]
+        if missing:
+            raise NeuronConfigError(
+                "context_buckets", self.context_buckets, f"names bucket(s) {missing} that no context_encoding graph has",
+                allowed=f"buckets with a graph: {sorted(have)}", fix="re-export the model, or drop those buckets",
+            )
+        if not any(g.role == "token_generation" and g.rows is None for g in self.graphs.values()):
+            raise NeuronConfigError("graphs", sorted(self.graphs), "has no token_generation graph over the whole batch",
+                                    allowed="a token_generation graph with rows null", fix="re-export the model")
+
+    def graph_for(self, role: str, *, bucket: int | None = None, rows: int | None = None) -> str:
+        """The name of the graph with this role, bucket and row count (validate() made sure it exists)."""
+        for name, graph in self.graphs.items():
+            if graph.role == role and graph.bucket == bucket and graph.rows == rows:
+                return name
+        raise KeyError(f"no {role} graph with bucket={bucket} rows={rows}")
+
     # ---- helpers for runtimes ----------------------------------------------------------------
     def bucket_for(self, length: int) -> int:
         """The smallest context bucket that holds a prompt of `length` tokens."""
@@ -318,6 +337,46 @@ class NeuronConfig:
 
     def graphs_by_role(self, role: str) -> dict[str, GraphEntry]:
         return {k: g for k, g in self.graphs.items() if g.role == role}
+
+
+def _read_json(path: Path) -> Any:
+    """Parse a config file, turning every way it can be broken into a NeuronConfigError naming the file."""
+
+    def bad(problem: str) -> NeuronConfigError:
+        # The value is shortened in the message when long, so the problem names the whole path.
+        return NeuronConfigError("<root>", str(path), problem, allowed="a JSON object",
+                                 fix="repair the file or export the artifact again")
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise bad(f"is {size} bytes, more than a neuron_config.json may be ({MAX_CONFIG_BYTES}) ({path})")
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise bad(f"is not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r} in {path})") from None
+    except json.JSONDecodeError as err:
+        raise bad(f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno} of {path})") from None
+    except RecursionError:
+        raise bad(f"nests deeper than the JSON reader can follow ({path}; a config nests at most {MAX_NESTING} "
+                  "levels)") from None
+    except OSError as err:
+        raise bad(f"cannot be read ({err.strerror or err}: {path})") from None
+    if _depth(data) > MAX_NESTING:
+        raise bad(f"nests deeper than {MAX_NESTING} levels ({path})")
+    return data
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion (a hostile file must not exhaust the stack here)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            return depth
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 def _apply_aliases(data: dict[str, Any]) -> dict[str, Any]:
