@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from neuron_cache import CONFIG_NAME, Artifact, NeuronConfig
+from neuron_cache.artifact import contained_path
 from neuron_infer.generation import GenerationDefaults, GenerationSettings, generate
 from neuron_infer.runtime import DecoderRuntime
 
@@ -18,9 +19,9 @@ from neuron_infer.runtime import DecoderRuntime
 class NeuronModelForCausalLM:
     """A compiled decoder artifact with a transformers-style `generate`. Needs no model source code."""
 
-    def __init__(self, artifact: Artifact):
+    def __init__(self, artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):
         self.artifact = artifact
-        self.runtime = DecoderRuntime(artifact)
+        self.runtime = DecoderRuntime(artifact, trust_remote_code=trust_remote_code, origin=origin)
         self.neuron_config: NeuronConfig = artifact.config
         # transformers' GenerationConfig and AutoConfig are built on first use, not here: importing
         # transformers costs ~2.5 s, half the load-to-first-token budget. generate() reads the few
@@ -39,20 +40,31 @@ class NeuronModelForCausalLM:
         revision: str | None = None,
         token: str | None = None,
         verify: bool = True,
+        trust_remote_code: bool = False,
         **export_options: Any,
     ) -> NeuronModelForCausalLM:
         """Load an artifact from a directory or a Hub repo; with `export=True`, compile a checkpoint first.
 
-        `export_options` are neuron-export's options (batch_size, sequence_length, torch_dtype, ...).
+        Compiled graphs are code. Graphs this machine compiled (exported here) load as they are; any
+        other artifact's graphs (a Hub repo, a copy from elsewhere) run only with `trust_remote_code=True`,
+        as transformers asks before running a repository's code. `export_options` are neuron-export's
+        options (batch_size, sequence_length, torch_dtype, ...).
         """
         if export:
-            return cls._export_then_load(str(model_id), revision, export_options)
+            # trust_remote_code here is the checkpoint's custom modeling code, as in transformers; the graphs
+            # this export compiles are this machine's own.
+            return cls._export_then_load(str(model_id), revision, {**export_options,
+                                                                  "trust_remote_code": trust_remote_code})
         if export_options:
             raise TypeError(f"options {sorted(export_options)} only apply with export=True")
         path = Path(model_id)
+        origin = boundary = None
         if not path.is_dir():
-            path = _download(str(model_id), revision, token)
-        return cls(Artifact.open(path, verify=verify))
+            path, origin = _download(str(model_id), revision, token), str(model_id)
+            # The Hub cache's snapshots/<rev>/ files are symlinks into the repo folder's blobs/.
+            boundary = path.parent.parent
+        return cls(Artifact.open(path, verify=verify, boundary=boundary), trust_remote_code=trust_remote_code,
+                   origin=origin)
 
     @classmethod
     def _export_then_load(cls, model_id: str, revision: str | None, options: dict[str, Any]) -> NeuronModelForCausalLM:
@@ -120,18 +132,20 @@ class NeuronModelForCausalLM:
 
     # ---- saving --------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Copy the artifact (config, graphs, weights, tokenizer files) to `save_directory`."""
+        """Copy the artifact (config, graphs, weights, tokenizer files) to `save_directory`.
+
+        Symlinks are resolved and must stay inside the artifact: a link to a file elsewhere must not copy that
+        file's contents into the saved artifact (and from there to the Hub by push_to_hub).
+        """
         dst = Path(save_directory)
         src = self.artifact.root
         if dst.resolve() == src.resolve():
             return dst
+        files = artifact_files(src, self.artifact.boundary)
         dst.mkdir(parents=True, exist_ok=True)
-        for item in src.iterdir():
-            target = dst / item.name
-            if item.is_dir():
-                shutil.copytree(item, target, dirs_exist_ok=True)
-            else:
-                shutil.copy2(item, target)
+        for rel, path in files.items():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dst / rel)
         Artifact.open(dst)  # the copy must verify like the original
         return dst
 
@@ -139,11 +153,31 @@ class NeuronModelForCausalLM:
                     revision: str | None = None, commit_message: str = "Upload neuron artifact") -> str:
         from huggingface_hub import HfApi
 
+        files = artifact_files(self.artifact.root, self.artifact.boundary)  # refuses symlinks that leave the artifact, before any upload
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(self.artifact.root), revision=revision,
-                                 commit_message=commit_message)
+                                 commit_message=commit_message, allow_patterns=sorted(files))
         return str(getattr(info, "commit_url", info))
+
+
+def artifact_files(root: Path, boundary: Path | None = None) -> dict[str, Path]:
+    """Every file under `root` (relative path -> resolved path), refusing any symlink that leaves `boundary`
+    (default: `root`)."""
+    files: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in [*filenames, *dirnames]:
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            path = contained_path(root, rel, boundary)  # ArtifactError for a link to the outside
+            if name in filenames and path.is_file():
+                files[rel] = path
+            elif name in dirnames and (Path(dirpath) / name).is_symlink():
+                # os.walk does not descend into linked directories; copy their files too (they are inside).
+                for sub in path.rglob("*"):
+                    if sub.is_file():
+                        inner = f"{rel}/{sub.relative_to(path).as_posix()}"
+                        files[inner] = contained_path(root, inner, boundary)
+    return files
 
 
 def _download(repo_id: str, revision: str | None, token: str | None) -> Path:
@@ -161,9 +195,19 @@ def _download(repo_id: str, revision: str | None, token: str | None) -> Path:
 def _load_generation_config(root: Path) -> Any:
     from transformers import GenerationConfig
 
-    if (root / "generation_config.json").is_file():
+    path = root / "generation_config.json"
+    if not path.is_file():
+        return GenerationConfig()
+    try:
         return GenerationConfig.from_pretrained(root)
-    return GenerationConfig()
+    except Exception as err:  # transformers raises OSError, ValueError or TypeError depending on the damage
+        raise ValueError(f"{path}: not a valid generation config ({_first_line(err)}); repair it, or delete it "
+                         "to generate with the defaults") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
 
 
 def _load_model_config(root: Path) -> Any:
@@ -171,4 +215,8 @@ def _load_model_config(root: Path) -> Any:
         return None
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(root)
+    try:
+        return AutoConfig.from_pretrained(root)
+    except Exception as err:
+        raise ValueError(f"{root / 'config.json'}: not a valid model config ({_first_line(err)}); repair it, or "
+                         "delete it (generate() does not need it)") from None

@@ -8,11 +8,13 @@ context-encoding graph of the smallest bucket that fits and writes that slot's c
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
 import torch
 
-from neuron_cache import Artifact, NeuronConfig
+from neuron_cache import Artifact, ArtifactError, NeuronConfig
+from neuron_cache.trust import check_graphs_trusted
 from neuron_infer.graphs import Graph, load_graph
 
 
@@ -83,17 +85,51 @@ def derive_constants(config, constants: dict) -> None:
     for name, spec in config.weights.derived.items():
         if spec.op not in DERIVED:
             raise RuntimeError(f"weights.derived.{name}: unknown op '{spec.op}'; upgrade neuron-infer")
-        constants[name] = DERIVED[spec.op](constants[spec.source], int(spec.args["batch_size"]))
+        if spec.source not in constants:
+            raise ArtifactError(f"neuron_config.json weights.derived.{name} derives from '{spec.source}', which no "
+                                "weights file holds; re-export the model")
+        batch = spec.args.get("batch_size")
+        if not isinstance(batch, int) or not 1 <= batch <= 1 << 16:
+            raise ArtifactError(f"neuron_config.json weights.derived.{name}.args.batch_size = {batch!r}: expected a "
+                                "positive integer; re-export the model")
+        constants[name] = DERIVED[spec.op](constants[spec.source], batch)
+
+
+# Bounds on state tensors a config may ask the runtime to allocate: a crafted shape must be an error, not an
+# attempt to allocate petabytes. (The graph's signature then fixes the exact shape.)
+MAX_STATE_ELEMENTS = 1 << 36
+
+
+def _zeros_state(spec) -> torch.Tensor:
+    dtype = getattr(torch, spec.dtype, None)
+    numel = 1
+    for d in spec.shape:
+        numel *= d
+    if not isinstance(dtype, torch.dtype) or numel > MAX_STATE_ELEMENTS:
+        raise ArtifactError(f"neuron_config.json state '{spec.name}' = {spec.shape} {spec.dtype}: not a tensor this "
+                            "runtime can allocate; re-export the model")
+    return torch.zeros(spec.shape, dtype=dtype)
 
 
 class DecoderRuntime:
-    def __init__(self, artifact: Artifact):
+    """`trust_remote_code`: consent to run graphs this machine did not compile (see neuron_cache.trust);
+    `origin` names where the artifact came from (a Hub id) in the refusal."""
+
+    def __init__(self, artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):
         self.root, self.config = artifact.root, artifact.config
         check_compatible(self.config, self.root)
+        # Before anything of the graphs is opened: every graph file must be one this machine produced, or
+        # the caller consented to run it.
+        self.trust = check_graphs_trusted(artifact, self.config.graphs, trust_remote_code=trust_remote_code,
+                                          origin=origin)
+        if self.trust.consented:
+            warnings.warn(f"{self.root}: running graphs not compiled on this machine ({', '.join(self.trust.untrusted)}) "
+                          "because trust_remote_code=True", stacklevel=2)
+        self.artifact = artifact
         self.constants = self._load_constants()
         self._lock = threading.Lock()
         self._prefill: dict[int, Graph] = {}
-        self._decode = self._load("token_generation")
+        self._decode = self._load(self.config.graph_for("token_generation"))
         # Token-generation graphs over a subset of the slots, by row count (loaded on first use).
         self._rows_graphs = {g.rows: name for name, g in self.config.graphs.items()
                              if g.role == "token_generation" and g.rows is not None}
@@ -105,23 +141,29 @@ class DecoderRuntime:
 
         constants: dict[str, torch.Tensor] = {}
         for f in self.config.weights.files:
-            constants.update(load_file(self.root / f.path))
+            constants.update(load_file(self.artifact.path(f.path)))
         for alias, name in self.config.weights.aliases.items():
+            if name not in constants:
+                raise ArtifactError(f"neuron_config.json weights.aliases.{alias} names '{name}', which no weights file "
+                                    "holds; re-export the model")
             constants[alias] = constants[name]
         for spec in self.config.state:
-            constants[spec.name] = torch.zeros(spec.shape, dtype=getattr(torch, spec.dtype))
+            constants[spec.name] = _zeros_state(spec)
         derive_constants(self.config, constants)
         return constants
 
     def _load(self, name: str) -> Graph:
         entry = self.config.graphs[name]
-        return load_graph(self.config.target.backend, self.root / entry.file, self.constants)
+        where = f"{self.root}: graph '{name}' ({entry.file})"
+        graph = load_graph(self.config.target.backend, self.artifact.path(entry.file), self.constants, where)
+        graph.signature.check_config(self.config, name, where)
+        return graph
 
     def prefill_graph(self, bucket: int) -> Graph:
         # Buckets load on first use: a short-prompt workload never pays for the large ones.
         with self._lock:
             if bucket not in self._prefill:
-                self._prefill[bucket] = self._load(f"context_encoding_{bucket}")
+                self._prefill[bucket] = self._load(self.config.graph_for("context_encoding", bucket=bucket))
             return self._prefill[bucket]
 
     def rows_graph(self, rows: int) -> Graph:
@@ -147,10 +189,10 @@ class DecoderRuntime:
 
     @property
     def vocab_size(self) -> int | None:
-        for out in self.config.graphs["token_generation"].outputs:
-            if out.name == "logits":
-                return out.shape[-1]
-        return None
+        """The vocabulary the compiled embedding holds (from the graph's own signature, not the editable config):
+        token ids outside [0, vocab_size) must never reach the graph."""
+        vocab = self._decode.signature.static.get("vocab_size")
+        return int(vocab) if vocab is not None else None
 
     def prefill(self, prompt: torch.Tensor, slot: int, sampling: torch.Tensor | None = None,
                 rand: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,7 +10,14 @@ import os
 
 import click
 
-from neuron_vllm.launch import ServeError, ServeOptions, resolve_artifact, server_command, server_env
+from neuron_vllm.launch import (
+    ServeError,
+    ServeOptions,
+    check_trusted,
+    resolve_artifact,
+    server_command,
+    server_env,
+)
 
 
 def _buckets(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
@@ -44,6 +51,9 @@ def main() -> None:
 @click.option("--backend", default="torch-aot", help="Export backend when MODEL is not an artifact.")
 @click.option("--output", default=None, help="Where to export (default: under $NEURON_VLLM_ARTIFACTS).")
 @click.option("--served-model-name", "--served_model_name", default=None, help="Model name in the API.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Run the artifact's compiled graphs even if this machine did not compile them (they are native "
+                   "code; see the README's security section). Passed on to vLLM.")
 @click.option("--dry-run", is_flag=True, help="Resolve/export, print the vLLM command, do not start it.")
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def serve(model: str, dry_run: bool, vllm_args: tuple[str, ...], **options: object) -> None:
@@ -52,8 +62,11 @@ def serve(model: str, dry_run: bool, vllm_args: tuple[str, ...], **options: obje
     Arguments after the options go to vLLM unchanged, e.g. `-- --api-key KEY`.
     """
     opts = ServeOptions(model=model, vllm_args=[a for a in vllm_args if a != "--"], **options)
+    if "--trust-remote-code" in opts.vllm_args:
+        opts.trust_remote_code = True
     try:
         artifact = resolve_artifact(opts, log=lambda m: click.echo(m, err=True))
+        check_trusted(artifact, opts)
         command = server_command(artifact, opts)
     except ServeError as err:
         raise click.UsageError(str(err)) from None

@@ -32,6 +32,7 @@ class ServeOptions:
     backend: str = "torch-aot"
     output: str | None = None  # where to export; default: a directory under the artifacts cache
     served_model_name: str | None = None
+    trust_remote_code: bool = False  # consent to run graphs this machine did not compile (vLLM's own flag)
     vllm_args: list[str] = field(default_factory=list)  # passed through verbatim
 
 
@@ -86,6 +87,22 @@ def resolve_artifact(opts: ServeOptions, log=print) -> Path:
     return out
 
 
+def check_trusted(root: Path, opts: ServeOptions) -> None:
+    """Refuse, before vLLM starts, an artifact whose graphs this machine did not compile, unless consented.
+
+    The worker checks again when it loads (the server can be started without this command); checking here
+    answers in a second instead of after vLLM's start-up.
+    """
+    from neuron_cache import Artifact, ArtifactError
+    from neuron_cache.trust import check_graphs_trusted
+
+    try:
+        artifact = Artifact.open(root)
+        check_graphs_trusted(artifact, artifact.config.graphs, trust_remote_code=opts.trust_remote_code)
+    except ArtifactError as err:
+        raise ServeError(str(err)) from None
+
+
 def export_command(opts: ServeOptions, out: Path) -> list[str]:
     args = ["--model", opts.model, "--backend", opts.backend]
     for name in ("batch_size", "sequence_length", "max_context_length", "tensor_parallel_size", "torch_dtype"):
@@ -128,6 +145,8 @@ def server_command(artifact: Path, opts: ServeOptions) -> list[str]:
     ]
     if opts.served_model_name:
         args += ["--served-model-name", opts.served_model_name]
+    if opts.trust_remote_code and "--trust-remote-code" not in opts.vllm_args:
+        args.append("--trust-remote-code")
     return args + list(opts.vllm_args)
 
 

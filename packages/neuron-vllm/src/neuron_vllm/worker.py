@@ -52,7 +52,10 @@ class NeuronWorker(WorkerBase):
         if load_dummy_weights:
             raise ValueError("neuron-vllm loads the artifact's exported weights; load_format='dummy' is not supported")
         t = time.perf_counter()
-        runtime = DecoderRuntime(Artifact.open(self.model_config.model))
+        # vLLM's own --trust-remote-code is the consent to run an artifact's graphs that this machine did not
+        # compile (neuron_cache.trust); without it such an artifact is refused before any of it is opened.
+        runtime = DecoderRuntime(Artifact.open(self.model_config.model),
+                                 trust_remote_code=bool(self.model_config.trust_remote_code))
         self.runner = NeuronModelRunner(BatchExecutor(runtime))
         logger.info("neuron-vllm: loaded %s in %.1f s", self.model_config.model, time.perf_counter() - t)
 

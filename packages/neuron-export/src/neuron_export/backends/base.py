@@ -28,6 +28,9 @@ class GraphJob:
     example_inputs: tuple[torch.Tensor, ...]
     input_names: list[str]
     flags: dict[str, Any] = field(default_factory=dict)
+    # The config fields this graph is compiled for (batch_size, sequence_length, torch_dtype, rows, ...):
+    # written into the graph's signature, which the runtime checks neuron_config.json against.
+    static: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True, slots=True)

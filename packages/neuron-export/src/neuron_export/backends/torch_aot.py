@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
+from neuron_cache.signature import SIGNATURE_KEY
 from neuron_export.backends.base import Backend, CompiledGraph, GraphJob, tensor_spec
+from neuron_export.backends.signature import graph_signature, inductor_cpu_features
 
 
 def _trace(job: GraphJob) -> torch.export.ExportedProgram:
@@ -70,6 +72,11 @@ class TorchAOTBackend(Backend):
         ep = _trace(replace(job, example_inputs=tuple(t.to(device) for t in job.example_inputs)))
         inputs, outputs, mutated = _signature(job, ep)
         flags = {**self.default_flags(target), **job.flags}
+        # The signature is compiled into the package's metadata: the runtime checks the config and every
+        # tensor it binds against it (neuron_cache.signature).
+        features = inductor_cpu_features() if target == "cpu" else []
+        signature = graph_signature(job, ep, inputs, outputs, features)
+        flags["aot_inductor.metadata"] = {**flags.get("aot_inductor.metadata", {}), SIGNATURE_KEY: signature.to_json()}
         torch._inductor.aoti_compile_and_package(ep, package_path=str(out_file), inductor_configs=flags)
         module.to("cpu")
         return CompiledGraph(file=out_file, inputs=inputs, outputs=outputs, mutated_state=mutated)
@@ -94,7 +101,8 @@ class TorchExportBackend(Backend):
     def compile(self, job: GraphJob, out_file: Path, target: str) -> CompiledGraph:
         ep = _trace(job)
         inputs, outputs, mutated = _signature(job, ep)
-        torch.export.save(ep, str(out_file))
+        signature = graph_signature(job, ep, inputs, outputs, cpu_features=[])
+        torch.export.save(ep, str(out_file), extra_files={SIGNATURE_KEY: signature.to_json()})
         return CompiledGraph(file=out_file, inputs=inputs, outputs=outputs, mutated_state=mutated)
 
     def load(self, file: Path, constants: Mapping[str, torch.Tensor]) -> Callable[..., list[torch.Tensor]]:
