@@ -24,11 +24,12 @@ def run_cli(*args: str) -> Result:
 
 
 def assert_fails_with(result: Result, *fragments: str) -> str:
-    """Exit code 1 through the CLI's error path (no traceback), and every fragment in the message."""
+    """Exit code 1 through the CLI's error path (no traceback), one line on stderr, every fragment in it."""
     assert result.exit_code == 1, f"exit code {result.exit_code}\n{result.output}"
     assert isinstance(result.exception, SystemExit), f"unhandled {result.exception!r}\n{result.output}"
     assert "Traceback" not in result.output
     message = result.stderr
+    assert message.startswith("Error: ") and message.count("\n") == 1, f"not one 'Error:' line:\n{message}"
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in the error message:\n{message}"
     return message
@@ -109,6 +110,24 @@ def test_wrongly_shaped_tensor_is_named(tiny_llama_dir: Path, tmp_path: Path):
                       "model.layers.0.mlp.down_proj.weight", "(72, 135)", "(72, 136)")
 
 
+def test_truncated_weights_file_is_named(tiny_llama_dir: Path, tmp_path: Path):
+    """A download cut short: the first half of a real checkpoint's model.safetensors."""
+    ckpt = copy_checkpoint(tiny_llama_dir, tmp_path / "ckpt")
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    assert_fails_with(run_cli("-m", str(ckpt), "--backend", "torch-export", *SHAPES, str(tmp_path / "out")),
+                      str(weights), "truncated or corrupted", "Re-download the checkpoint")
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_that_is_not_json_is_named(tiny_llama_dir: Path, tmp_path: Path):
+    ckpt = copy_checkpoint(tiny_llama_dir, tmp_path / "ckpt")
+    (ckpt / "config.json").write_text('{"model_type": "llama", "hidden_size": 72,')
+    assert_fails_with(run_cli("-m", str(ckpt), "--backend", "torch-export", *SHAPES, str(tmp_path / "out")),
+                      str(ckpt / "config.json"), "not a valid JSON", "re-download")
+
+
 def test_unreadable_gguf(tmp_path: Path):
     gguf = tmp_path / "x.gguf"
     gguf.write_bytes(b"this is not a GGUF file\x00" * 64)
@@ -129,6 +148,25 @@ def test_neuron_backend_says_sdk_missing(tiny_llama_dir: Path, tmp_path: Path):
                       "Neuron SDK", "not installed", "--backend torch-aot")
 
 
+@pytest.mark.parametrize(("backend", "target", "fragments"), [
+    ("torch-aot", "cuda", ["--target cuda", "no usable CUDA device", "Drop --target"]),
+    ("torch-aot", "trn1", ["--target trn1", "Neuron device", "Drop --target", "--backend neuron", "Neuron SDK"]),
+    ("torch-aot", "inf2", ["--target inf2", "Neuron device", "Drop --target", "--backend neuron"]),
+    ("torch-aot", "trn2", ["--target trn2", "Neuron device", "Drop --target", "--backend neuron"]),
+    ("torch-export", "cuda", ["--target 'cuda'", "torch-export compiles for cpu", "drop --target"]),
+    ("neuron", "cpu", ["--target 'cpu'", "neuron compiles for trn1, trn2, inf2"]),
+])
+def test_target_this_host_cannot_compile_for(tiny_llama_dir: Path, tmp_path: Path, monkeypatch, backend, target,
+                                             fragments):
+    """Refused before the checkpoint is loaded, as one line (today's torch-aot fails mid-compile with a traceback)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this host has no CUDA; a GPU host acts the same
+    assert_fails_with(run_cli("-m", str(tiny_llama_dir), "--backend", backend, "--target", target, *SHAPES,
+                              str(tmp_path / "out")), *fragments)
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_backend_lists_available(tiny_llama_dir: Path, tmp_path: Path):
     assert_fails_with(run_cli("-m", str(tiny_llama_dir), "--backend", "tpu", *SHAPES, str(tmp_path / "out")),
                       "'tpu'", "torch-aot", "torch-export", "neuron")
@@ -145,6 +183,48 @@ def test_list_backends():
 
 def test_list_backends_with_a_model_given():
     assert listed_backends(run_cli("-m", "unused", "--list-backends")) == ["torch-aot", "torch-export", "neuron"]
+
+
+# ---- bad option values ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("atol", ["nan", "inf", "-0.5"])
+def test_atol_must_be_finite_and_not_negative(tiny_llama_dir: Path, tmp_path: Path, atol: str):
+    """A NaN tolerance passed every comparison (NaN > atol is False); inf and negative ones mean nothing."""
+    result = run_cli("-m", str(tiny_llama_dir), "--backend", "torch-export", "--atol", atol, *SHAPES,
+                     str(tmp_path / "out"))
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output  # click's usage error
+    assert "Traceback" not in result.output
+    assert f"Invalid value for '--atol': {float(atol)}: the tolerance must be a finite number >= 0" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("atol", [float("nan"), float("inf"), -1.0])
+def test_export_options_refuse_a_bad_atol(atol: float):
+    from neuron_export.errors import ExportError
+    from neuron_export.export import ExportOptions
+
+    with pytest.raises(ExportError, match=r"atol = .*must be a finite number >= 0"):
+        ExportOptions(model="m", output="o", atol=atol)
+
+
+def test_empty_cache_url_is_an_error(tiny_llama_dir: Path, tmp_path: Path, monkeypatch):
+    """`--cache-url ""` once meant a compile cache in the current directory."""
+    monkeypatch.chdir(tmp_path)  # where such a cache would land
+    message = assert_fails_with(run_cli("-m", str(tiny_llama_dir), "--backend", "torch-export", "--cache-url", "",
+                                        *SHAPES, str(tmp_path / "out")))
+    assert "cache" in message.lower()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_s3_cache_without_boto3_names_the_extra(tiny_llama_dir: Path, tmp_path: Path, monkeypatch):
+    import sys
+
+    for module in ("boto3", "botocore", "botocore.config"):
+        monkeypatch.setitem(sys.modules, module, None)  # `import boto3` raises ImportError, as where it is missing
+    assert_fails_with(run_cli("-m", str(tiny_llama_dir), "--backend", "torch-export", "--cache-url", "s3://bucket/x",
+                              *SHAPES, str(tmp_path / "out")), "neuron-cache[s3]")
+    assert not (tmp_path / "out").exists()
 
 
 # ---- a good export ----------------------------------------------------------------------------------------

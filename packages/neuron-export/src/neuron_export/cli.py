@@ -6,6 +6,7 @@ transformers or neuronx_distributed. Heavy modules are imported inside the comma
 
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -23,6 +24,14 @@ def _parse_buckets(_ctx: click.Context, _param: click.Parameter, value: str | No
     if not buckets:
         raise click.BadParameter("give at least one bucket, e.g. 32,64,128")
     return buckets
+
+
+def _parse_atol(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    # click's float type takes "nan" and "inf", and a NaN tolerance would let any difference pass.
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"{value}: the tolerance must be a finite number >= 0, e.g. 0.001 "
+                                 "(leave it out for the dtype's default)")
+    return value
 
 
 def _parse_decode_batches(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -58,7 +67,8 @@ def _parse_decode_batches(ctx: click.Context, param: click.Parameter, value: str
                    "native 16-bit GEMM, e.g. AVX2-only hosts, where it is ~5x faster).")
 @click.option("--backend", default="torch-aot", help="Compile backend (see --list-backends).")
 @click.option("--target", default=None, help="Device target, e.g. cpu, cuda, trn1, inf2; default: the backend's.")
-@click.option("--atol", type=float, default=None, help="Validation tolerance on logits; default depends on dtype.")
+@click.option("--atol", type=float, default=None, callback=_parse_atol,
+              help="Validation tolerance on logits; default depends on dtype.")
 @click.option("--disable-validation", is_flag=True, help="Skip the comparison with transformers' eager model.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom modeling code from the Hub.")
 @click.option("--disable-neuron-cache", is_flag=True, help="Do not read or write the compile cache.")
@@ -78,13 +88,13 @@ def main(**options: object) -> None:
         raise click.UsageError("Missing option '--model' / '-m': a Hub model id, a checkpoint directory or a .gguf file.")
     if options["output"] is None:
         raise click.UsageError("Missing argument 'OUTPUT': the directory to write the artifact into.")
-    from neuron_export.errors import ExportError
+    from neuron_export.errors import USER_ERRORS, one_line
     from neuron_export.export import ExportOptions, export
 
     try:
         export(ExportOptions.from_cli(options), log=click.echo)
-    except ExportError as err:
-        click.echo(f"Error: {err}", err=True)
+    except USER_ERRORS as err:  # a user's mistake: one line, no traceback (anything else is a bug and shows one)
+        click.echo(f"Error: {one_line(err)}", err=True)
         sys.exit(1)
 
 

@@ -8,6 +8,7 @@ weights, tokenizer and `neuron_config.json` -> validate against transformers' ea
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -35,12 +36,13 @@ from neuron_cache import (
 from neuron_cache.artifact import GRAPHS_DIR, WEIGHTS_DIR
 from neuron_cache.store import CompileCache, graph_cache_key
 from neuron_export.__about__ import __version__
-from neuron_export.backends import GraphJob, get_backend
+from neuron_export.backends import GraphJob, check_target, get_backend
 from neuron_export.convert import sharding_plan, tied_aliases
 from neuron_export.errors import ExportError, ShapeError, UnsupportedArchitectureError
 from neuron_export.models import family_for, supported_model_types
 from neuron_export.models.build import bind_checkpoint, build_decoder
 from neuron_export.models.spec import StaticShapes
+from neuron_export.output import OutputPlan
 from neuron_export.source import load_config, load_gguf_model, load_state_dict, load_tokenizer, resolve
 
 Log = Callable[[str], None]
@@ -75,6 +77,11 @@ class ExportOptions:
     prefill_upcast: bool | None = None  # None: on for 16-bit dtypes when this CPU lacks native 16-bit GEMMs
     flags: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.atol is not None and not (math.isfinite(self.atol) and self.atol >= 0):
+            raise ExportError(f"atol = {self.atol}: the validation tolerance must be a finite number >= 0, e.g. 0.001 "
+                              "(or None for the dtype's default)")
+
     @classmethod
     def from_cli(cls, options: dict[str, Any]) -> ExportOptions:
         return cls(**{k: v for k, v in options.items() if k in cls.__dataclass_fields__})
@@ -100,78 +107,86 @@ def default_buckets(max_context_length: int, smallest: int = 128) -> list[int]:
 
 
 def export(options: ExportOptions, log: Log = print) -> ExportResult:
+    """Build the artifact in a staging directory next to OUTPUT, validate it there, then move it into place:
+    a failed export leaves OUTPUT as it was (see output.py)."""
     start = time.perf_counter()
     source = resolve(options.model, options.revision)
+    output = OutputPlan.check(options.output, None if source.is_gguf else source.directory, _COPIED)
     hf_config = load_config(source, options.trust_remote_code)
     task = _task(options.task, hf_config)
     family = family_for(hf_config.model_type)
     dtype = _dtype(options.torch_dtype, hf_config, source.is_gguf)
     backend = get_backend(options.backend)
     target = options.target or backend.default_target
+    check_target(backend, target)
     shapes = _shapes(options, hf_config, dtype, _prepack(options, dtype, target), _prefill_upcast(options, dtype, target))
+    cache = CompileCache.from_env(options.cache_url, enabled=not options.disable_neuron_cache)
     log(f"Exporting {options.model} ({hf_config.model_type}, {family.__name__}) for {task}: batch {shapes.batch_size}, "
         f"sequence {shapes.sequence_length}, buckets {shapes.context_buckets}, {dtype}, backend {backend.name}/{target}")
+    if output.replaces:
+        log(f"Warning: {options.output} holds an artifact exported earlier; it is replaced once the new one "
+            "validates (its own files only: those its neuron_config.json lists, config and tokenizer files)")
 
-    t = time.perf_counter()
-    hf_model = load_gguf_model(source) if source.is_gguf else None
-    hf_state = hf_model.state_dict() if hf_model is not None else load_state_dict(source)
-    family_, model = build_decoder(hf_config, shapes)
-    weights = bind_checkpoint(family_, model, hf_state)
-    log(f"Loaded and converted {len(weights)} tensors in {time.perf_counter() - t:.1f} s")
+    with output.staged() as out:
+        t = time.perf_counter()
+        hf_model = load_gguf_model(source) if source.is_gguf else None
+        hf_state = hf_model.state_dict() if hf_model is not None else load_state_dict(source)
+        family_, model = build_decoder(hf_config, shapes)
+        weights = bind_checkpoint(family_, model, hf_state)
+        log(f"Loaded and converted {len(weights)} tensors in {time.perf_counter() - t:.1f} s")
 
-    out = Path(options.output)
-    (out / GRAPHS_DIR).mkdir(parents=True, exist_ok=True)
-    (out / WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
-    cache = CompileCache.from_env(options.cache_url, enabled=not options.disable_neuron_cache)
-    graphs, compile_seconds = _compile_graphs(model, shapes, backend, target, options, out, log, cache)
+        (out / GRAPHS_DIR).mkdir()
+        (out / WEIGHTS_DIR).mkdir()
+        graphs, compile_seconds = _compile_graphs(model, shapes, backend, target, options, out, log, cache)
 
-    weight_file = _write_weights(model, out)
-    _copy_checkpoint_files(source, hf_config, out)
-    config = NeuronConfig(
-        schema_version=SCHEMA_VERSION,
-        producer=Producer(package="neuron-export", version=__version__),
-        task=task,
-        model_type=hf_config.model_type,
-        architecture=(hf_config.architectures or [f"{family.__name__}ForCausalLM"])[0],
-        checkpoint_id=options.model,
-        checkpoint_revision=source.revision,
-        batch_size=shapes.batch_size,
-        max_batch_size=shapes.batch_size,
-        continuous_batching=shapes.batch_size > 1,
-        sequence_length=shapes.sequence_length,
-        max_context_length=shapes.max_context_length,
-        context_buckets=shapes.context_buckets,
-        tensor_parallel_size=options.tensor_parallel_size,
-        torch_dtype=dtype,
-        on_device_sampling=shapes.on_device_sampling,
-        max_topk=shapes.max_topk,
-        target=Target(backend=backend.name, device=target, **backend.versions()),
-        graphs=graphs,
-        weights=WeightsSpec(
-            files=[FileEntry(path=weight_file, sha256=sha256_file(out / weight_file))],
-            sharding={k: ShardSpec(**v) for k, v in sharding_plan(family_, model).items()},
-            aliases=tied_aliases(model),
-            derived={k: DerivedTensor(**v) for k, v in model.derived_constants().items()},
-        ),
-        state=[TensorSpec(name=n, shape=list(b.shape), dtype=str(b.dtype).removeprefix("torch."))
-               for n, b in model.named_buffers() if n in set(model.state_names())],
-        metadata={"eos_token_id": getattr(hf_config, "eos_token_id", None),
-                  "cpu_isa": torch.backends.cpu.get_cpu_capability() if target == "cpu" else None,
-                  "prefill_matmul_dtype": "float32" if shapes.prefill_upcast else dtype},
-    )
-    config.save(out)
-    if not options.disable_neuron_cache:
-        cache.register_export(options.model, config.to_dict())
+        weight_file = _write_weights(model, out)
+        _copy_checkpoint_files(source, hf_config, out)
+        config = NeuronConfig(
+            schema_version=SCHEMA_VERSION,
+            producer=Producer(package="neuron-export", version=__version__),
+            task=task,
+            model_type=hf_config.model_type,
+            architecture=(hf_config.architectures or [f"{family.__name__}ForCausalLM"])[0],
+            checkpoint_id=options.model,
+            checkpoint_revision=source.revision,
+            batch_size=shapes.batch_size,
+            max_batch_size=shapes.batch_size,
+            continuous_batching=shapes.batch_size > 1,
+            sequence_length=shapes.sequence_length,
+            max_context_length=shapes.max_context_length,
+            context_buckets=shapes.context_buckets,
+            tensor_parallel_size=options.tensor_parallel_size,
+            torch_dtype=dtype,
+            on_device_sampling=shapes.on_device_sampling,
+            max_topk=shapes.max_topk,
+            target=Target(backend=backend.name, device=target, **backend.versions()),
+            graphs=graphs,
+            weights=WeightsSpec(
+                files=[FileEntry(path=weight_file, sha256=sha256_file(out / weight_file))],
+                sharding={k: ShardSpec(**v) for k, v in sharding_plan(family_, model).items()},
+                aliases=tied_aliases(model),
+                derived={k: DerivedTensor(**v) for k, v in model.derived_constants().items()},
+            ),
+            state=[TensorSpec(name=n, shape=list(b.shape), dtype=str(b.dtype).removeprefix("torch."))
+                   for n, b in model.named_buffers() if n in set(model.state_names())],
+            metadata={"eos_token_id": getattr(hf_config, "eos_token_id", None),
+                      "cpu_isa": torch.backends.cpu.get_cpu_capability() if target == "cpu" else None,
+                      "prefill_matmul_dtype": "float32" if shapes.prefill_upcast else dtype},
+        )
+        config.save(out)
 
-    max_diff = None
-    if not options.disable_validation:
-        from neuron_export.validate import validate_artifact
+        max_diff = None
+        if not options.disable_validation:
+            from neuron_export.validate import validate_artifact
 
-        atol = options.atol if options.atol is not None else DEFAULT_ATOL[dtype]
-        max_diff = validate_artifact(out, hf_config, hf_state, hf_model, backend, atol, log)
+            atol = options.atol if options.atol is not None else DEFAULT_ATOL[dtype]
+            max_diff = validate_artifact(out, hf_config, hf_state, hf_model, backend, atol, log)
+        if not options.disable_neuron_cache:
+            cache.register_export(options.model, config.to_dict())
+    output.install(out)  # the last step: OUTPUT changes only now, and only to a validated artifact
     seconds = time.perf_counter() - start
-    log(f"Artifact written to {out} in {seconds:.1f} s")
-    return ExportResult(output=out, config=config, seconds=seconds, compile_seconds=compile_seconds,
+    log(f"Artifact written to {options.output} in {seconds:.1f} s")
+    return ExportResult(output=Path(options.output), config=config, seconds=seconds, compile_seconds=compile_seconds,
                         validation_max_diff=max_diff, cache_stats=cache.stats.as_dict())
 
 

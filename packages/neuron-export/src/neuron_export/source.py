@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from neuron_export.errors import CheckpointError, MissingWeightsError
+from neuron_export.errors import CheckpointError, MissingWeightsError, one_line
 
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 
@@ -44,7 +44,7 @@ def resolve(model: str, revision: str | None = None) -> ModelSource:
         offline = " (HF_HUB_OFFLINE is set: only models already in the local HF cache can be used)" if os.environ.get(
             "HF_HUB_OFFLINE"
         ) else ""
-        raise CheckpointError(f"could not get '{model}' from the Hugging Face Hub{offline}: {err}") from err
+        raise CheckpointError(f"could not get '{model}' from the Hugging Face Hub{offline}: {one_line(err)}") from err
     return ModelSource(model_id=model, directory=Path(directory), revision=revision)
 
 
@@ -58,11 +58,14 @@ def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
     except Exception as err:
         if source.is_gguf:
             raise CheckpointError(
-                f"transformers cannot read the GGUF file {source.directory / source.gguf_file} ({str(err).rstrip('.')}). "
+                f"transformers cannot read the GGUF file {source.directory / source.gguf_file} ({one_line(err).rstrip('.')}). "
                 "Only GGUF architectures and quantization types transformers supports can be exported; "
                 "install the `gguf` package if it is missing."
             ) from err
-        raise CheckpointError(f"cannot read config.json in {source.directory}: {err}") from err
+        raise CheckpointError(
+            f"cannot read {source.directory / 'config.json'} ({one_line(err).rstrip('.')}); fix the file, or "
+            "re-download or re-save the checkpoint"
+        ) from None
 
 
 def load_gguf_model(source: ModelSource) -> torch.nn.Module:
@@ -73,7 +76,7 @@ def load_gguf_model(source: ModelSource) -> torch.nn.Module:
         return AutoModelForCausalLM.from_pretrained(source.directory, gguf_file=source.gguf_file).eval()
     except Exception as err:
         raise CheckpointError(
-            f"transformers cannot load the GGUF file {source.directory / source.gguf_file}: {err}"
+            f"transformers cannot load the GGUF file {source.directory / source.gguf_file}: {one_line(err)}"
         ) from err
 
 
@@ -89,7 +92,13 @@ def load_state_dict(source: ModelSource) -> dict[str, torch.Tensor]:
         )
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        state.update(load_file(file))
+        try:
+            state.update(load_file(file))
+        except Exception as err:  # safetensors' SafetensorError (truncated, corrupt header), OSError
+            raise CheckpointError(
+                f"cannot read the weights file {file} ({one_line(err).rstrip('.')}): it is truncated or corrupted. "
+                "Re-download the checkpoint, or re-save it with `model.save_pretrained(dir)`"
+            ) from None
     return state
 
 

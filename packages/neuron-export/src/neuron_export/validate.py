@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,8 @@ def validate_artifact(
         for step in range(DECODE_STEPS + 1):
             ref = ref_model(seq).logits[0, -1].float()
             if sampling:
+                if not torch.isfinite(ref).all():  # its argmax means nothing
+                    raise _not_finite(config.torch_dtype)
                 if int(ours[0]) != int(ref.argmax()):
                     raise ValidationFailedError(
                         f"on-device greedy token {int(ours[0])} != transformers' argmax {int(ref.argmax())} at step {step}"
@@ -107,10 +110,12 @@ def validate_artifact(
         log(f"Validation against transformers ({config.torch_dtype}, prefill + {DECODE_STEPS} decode steps): "
             "greedy tokens identical")
         return 0.0
-    worst = max((o - r).abs().max().item() for o, r in zip(ours_logits, ref_logits))
+    # A NaN anywhere makes the difference NaN (torch's max propagates it), and NaN > atol is False: every
+    # test below is written so that a NaN fails it.
+    worst = torch.stack([(o - r).abs().max() for o, r in zip(ours_logits, ref_logits)]).max().item()
     log(f"Validation against transformers ({config.torch_dtype}, prefill + {DECODE_STEPS} decode steps): "
         f"max |logit diff| = {worst:.3g} (atol {atol:g})")
-    if worst > atol and dtype != torch.float32:
+    if not worst <= atol and dtype != torch.float32:
         # Two 16-bit computations of the same model differ by their own rounding, which grows with depth;
         # a gap between ours and transformers' 16-bit model does not say which one is off. Ask float32
         # (transformers on the same 16-bit-rounded weights): pass when ours is at least as close to it as
@@ -118,9 +123,16 @@ def validate_artifact(
         ours_err, hf_err = _errors_against_float32(ref_model, prefixes, ours_logits, ref_logits)
         log(f"  against transformers in float32 on the same weights: ours {ours_err:.3g}, "
             f"transformers {config.torch_dtype} {hf_err:.3g}")
-        if ours_err <= hf_err:
+        if math.isfinite(ours_err) and ours_err <= hf_err:
             return worst
-    if worst > atol:
+    if not math.isfinite(worst):
+        if not all(torch.isfinite(r).all() for r in ref_logits):
+            raise _not_finite(config.torch_dtype)
+        raise ValidationFailedError(
+            f"the compiled graphs' logits are NaN or inf where transformers' are finite (max |logit diff| = {worst}); "
+            "report a bug with the model id"
+        )
+    if not worst <= atol:  # (a NaN atol fails too)
         raise ValidationFailedError(
             f"compiled graphs differ from transformers by {worst:.3g} > atol {atol:g}. Re-export with a larger --atol "
             "if this dtype needs it, or report a bug with the model id."
@@ -128,17 +140,24 @@ def validate_artifact(
     return worst
 
 
+def _not_finite(dtype: str) -> ValidationFailedError:
+    return ValidationFailedError(
+        f"transformers' own logits ({dtype}) are NaN or inf on the validation prompt: the checkpoint holds NaN/inf "
+        "weights. Re-download or re-save the checkpoint"
+    )
+
+
 def _errors_against_float32(ref_model: torch.nn.Module, prefixes: list[torch.Tensor], ours: list[torch.Tensor],
                             ref: list[torch.Tensor]) -> tuple[float, float]:
     """(max |ours - float32|, max |transformers 16-bit - float32|) over the validated steps."""
     ref_model.to(torch.float32)  # (.float() is refused for GGUF-loaded models; .to is not)
-    ours_err = hf_err = 0.0
+    ours_err, hf_err = [], []
     with torch.no_grad():
         for seq, o, r in zip(prefixes, ours, ref):
             exact = ref_model(seq).logits[0, -1].float()
-            ours_err = max(ours_err, (o - exact).abs().max().item())
-            hf_err = max(hf_err, (r - exact).abs().max().item())
-    return ours_err, hf_err
+            ours_err.append((o - exact).abs().max())
+            hf_err.append((r - exact).abs().max())
+    return torch.stack(ours_err).max().item(), torch.stack(hf_err).max().item()  # NaN-propagating, unlike max()
 
 
 def config_vocab(hf_config: Any) -> int:

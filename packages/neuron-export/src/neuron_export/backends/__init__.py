@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+
 from neuron_export.backends.base import Backend, CompiledGraph, GraphJob
+from neuron_export.backends.neuron import NEURON_TARGETS
+from neuron_export.errors import ExportError
 
 
 def _registry() -> dict[str, type[Backend]]:
@@ -22,15 +26,40 @@ BACKEND_DESCRIPTIONS = {
 def get_backend(name: str) -> Backend:
     registry = _registry()
     if name not in registry:
-        from neuron_export.errors import ExportError
-
         raise ExportError(f"unknown backend '{name}'. Available: {', '.join(registry)}")
     return registry[name]()
+
+
+# The devices each backend compiles for. torch-export graphs are traced and run on the CPU only.
+TARGETS = {"torch-aot": ("cpu", "cuda"), "torch-export": ("cpu",), "neuron": NEURON_TARGETS}
+
+
+def check_target(backend: Backend, target: str) -> None:
+    """Refuse, before any work, a target that `backend` cannot compile for on this host."""
+    allowed = TARGETS.get(backend.name, (backend.default_target,))
+    if target in NEURON_TARGETS and backend.name != "neuron":
+        raise ExportError(
+            f"--target {target} is a Neuron device (Trainium/Inferentia), but backend {backend.name} compiles for "
+            f"{', '.join(allowed)}. Drop --target to compile for this machine, or use --backend neuron on a "
+            "Trainium/Inferentia host with the Neuron SDK"
+        )
+    if target not in allowed:
+        raise ExportError(f"--target {target!r}: backend {backend.name} compiles for {', '.join(allowed)}; "
+                          "drop --target or choose one of those (see --list-backends)")
+    if target == "cuda" and not torch.cuda.is_available():
+        build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+        raise ExportError(
+            f"--target cuda: this host has no usable CUDA device (torch {torch.__version__} is {build}). "
+            "Drop --target to compile for the CPU, or export on a GPU machine with a CUDA build of torch"
+        )
+    check = getattr(backend, "check_available", None)
+    if check is not None:
+        check()
 
 
 def describe_backends() -> list[str]:
     return [f"{name:14s} {text}" for name, text in BACKEND_DESCRIPTIONS.items()]
 
 
-__all__ = ["Backend", "CompiledGraph", "GraphJob", "describe_backends", "get_backend"]
+__all__ = ["TARGETS", "Backend", "CompiledGraph", "GraphJob", "check_target", "describe_backends", "get_backend"]
 

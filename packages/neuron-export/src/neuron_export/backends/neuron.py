@@ -34,6 +34,11 @@ class NeuronBackend(Backend):
         # The flags optimum-neuron uses for decoders (../shared/notes/neuron-reference.md).
         return {"compiler_args": ["--auto-cast=none", "--model-type=transformer", "-O2"], "target": target}
 
+    def check_available(self) -> None:
+        """Raise the reason this backend cannot export here, before the checkpoint is loaded."""
+        _require_sdk()
+        raise _unverified()
+
     def compile(self, job: GraphJob, out_file: Path, target: str) -> CompiledGraph:
         if target not in NEURON_TARGETS:
             raise ValueError(f"backend 'neuron' targets {', '.join(NEURON_TARGETS)}, not '{target}'")
