@@ -34,7 +34,9 @@ from neuron_cache import (
     sha256_file,
 )
 from neuron_cache.artifact import GRAPHS_DIR, WEIGHTS_DIR
+from neuron_cache.signature import STATIC_FIELDS
 from neuron_cache.store import CompileCache, graph_cache_key
+from neuron_cache.trust import record_trusted
 from neuron_export.__about__ import __version__
 from neuron_export.backends import GraphJob, check_target, get_backend
 from neuron_export.convert import sharding_plan, tied_aliases
@@ -212,7 +214,9 @@ def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: 
         model.reset_state()
         job = GraphJob(name=name, role=role, bucket=bucket, module=model,
                        example_inputs=model.example_inputs(role, bucket, rows),
-                       input_names=model.input_names(role, rows), flags=dict(options.flags))
+                       input_names=model.input_names(role, rows), flags=dict(options.flags),
+                       static={**{k: v for k, v in _graph_shape_fields(shapes).items() if k in STATIC_FIELDS},
+                               "rows": rows, "vocab_size": model.arch.vocab_size})
         signature = model.signature(role, bucket, rows)
         shape_fields = _graph_shape_fields(shapes) | ({"decode_rows": rows} if rows is not None else {})
         key = graph_cache_key(model_config=asdict(model.arch), shape_fields=shape_fields, role=role,
@@ -231,6 +235,9 @@ def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: 
         cached = cache.get_or_compile(key, compile_fn, filename=filename, meta={"graph": name, **signature})
         rel = f"{GRAPHS_DIR}/{filename}"
         shutil.copyfile(cached, out / rel)
+        # This machine produced the graph (compiled it, or took it from the compile cache it was pointed
+        # at): record its digest so the artifact loads here without a trust_remote_code consent.
+        record_trusted(sha256_file(out / rel), origin=f"neuron-export {__version__}: {name} of {options.model}")
         seconds[name] = time.perf_counter() - t
         how = "compiled" if cache.stats.compiles > compiles_before else "from the compile cache"
         log(f"[{i}/{len(jobs)}] {name}: {how} in {seconds[name]:.1f} s")
