@@ -9,6 +9,7 @@ holds other things is not ours to write into.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -129,8 +130,8 @@ class OutputPlan:
 
     # ---- the last step -------------------------------------------------------------------------
     def install(self, staging: Path) -> None:
-        """Move the validated artifact from `staging` to OUTPUT. When OUTPUT is new or empty that is one rename;
-        over an earlier artifact its neuron_config.json goes first and the new one lands last, so OUTPUT is
+        """Move the validated artifact from `staging` to OUTPUT. A new OUTPUT is one rename. Into an existing
+        directory, an earlier artifact's neuron_config.json goes first and the new one lands last, so OUTPUT is
         never a loadable mix of the two."""
         try:
             replaces = self._holds_artifact()  # again: OUTPUT may have changed while the graphs compiled
@@ -138,12 +139,13 @@ class OutputPlan:
         except ExportError:
             self.discard(staging)
             raise
+        existed = self.dest.exists()
         try:
-            if not replaces:
-                if self.dest.is_dir():
-                    self.dest.rmdir()
+            if not existed:
                 staging.rename(self.dest)
                 return
+            # An existing directory stays (it may be a mount point, or have an owner and mode of its own):
+            # the earlier artifact's files go, the new ones move in.
             for path in old:  # neuron_config.json first
                 if path.is_file() or path.is_symlink():
                     path.unlink()
@@ -151,17 +153,17 @@ class OutputPlan:
                 if (self.dest / sub).is_dir() and next((self.dest / sub).iterdir(), None) is None:
                     (self.dest / sub).rmdir()
             _move_into(staging, self.dest)
-            staging.rmdir()
         except OSError as err:
             self.discard(staging)
-            if not replaces:
+            if not existed:
                 state = "nothing was written"
-            elif (self.dest / CONFIG_NAME).is_file():
-                state = "the earlier artifact is unchanged"
+            elif replaces and (self.dest / CONFIG_NAME).is_file():
+                state = "the earlier artifact is unchanged"  # removing its neuron_config.json, the first step, failed
             else:
                 state = f"it holds no {CONFIG_NAME} now, so nothing loads it"
             raise OutputError(f"could not move the new artifact into OUTPUT {self.given} ({err}); {state}. "
                               "Fix the cause and export again") from None
+        shutil.rmtree(staging, ignore_errors=True)  # empty now, unless a copy across filesystems left its source
 
 
 def _check_apart(output: str, dest: Path, model_dir: Path) -> None:
@@ -194,4 +196,31 @@ def _move_into(src: Path, dst: Path) -> None:
             _move_into(child, target)
             child.rmdir()
         else:
-            os.replace(child, target)
+            _move(child, target)
+
+
+def _move(src: Path, dst: Path) -> None:
+    try:
+        os.replace(src, dst)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        # OUTPUT is a mount point (a container volume, say), on another filesystem than the staging
+        # directory beside it: copy, then rename within OUTPUT, so no file is ever seen half-written.
+        tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            if src.is_dir():
+                shutil.copytree(src, tmp)
+            else:
+                shutil.copy2(src, tmp)
+            os.replace(tmp, dst)
+            if src.is_dir():
+                shutil.rmtree(src)
+            else:
+                src.unlink()
+        except BaseException:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            raise
