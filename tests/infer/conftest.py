@@ -54,3 +54,15 @@ def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_reference(tiny_checkpoint) -> transformers.LlamaForCausalLM:
     return transformers.LlamaForCausalLM.from_pretrained(tiny_checkpoint).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_aot_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny model through the default torch-aot backend (native code): one slot, one bucket, two graphs.
+
+    For what only compiled code can show: a native library in the artifact, pointer-bound constants, the
+    CPU features recorded in the graph, AOTInductor's temporary directories.
+    """
+    return export_artifact(tiny_checkpoint, tmp_path_factory.mktemp("aot") / "tiny-llama-aot", backend="torch-aot",
+                           batch_size=1, context_buckets=[16], max_context_length=16, sequence_length=32,
+                           decode_batches=[])
