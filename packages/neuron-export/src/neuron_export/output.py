@@ -1,7 +1,8 @@
 """Where an export lands: OUTPUT receives a whole, validated artifact or nothing.
 
-The artifact is built in a staging directory next to OUTPUT (same filesystem, so the final move is a
-rename), validated there, and moved into place as the export's last step. A failed export deletes
+The artifact is built in a staging directory next to OUTPUT (on its filesystem unless OUTPUT is a
+mount point, so the final move is a rename), validated there, and moved into place as the export's
+last step. A failed export deletes
 the staging directory and leaves OUTPUT as it was. OUTPUT may be new, an empty directory, or an
 earlier artifact, whose own files are replaced; anything else is refused, because a directory that
 holds other things is not ours to write into.
@@ -67,9 +68,9 @@ class OutputPlan:
         return False
 
     def _old_files(self) -> list[Path]:
-        """The earlier artifact's own files: what its neuron_config.json lists, neuron_config.json and the copied
-        checkpoint files. Read as plain JSON, so an artifact of any schema version can be replaced; a listed path
-        outside graphs/ or weights/ (or through a symlinked directory) is refused, never deleted."""
+        """The earlier artifact's own files: neuron_config.json, what it lists, and the copied checkpoint files.
+        Read as plain JSON, so an artifact of any schema version can be replaced; a listed path outside graphs/
+        or weights/ (or through a symlinked directory) is refused, never deleted."""
         config = self.dest / CONFIG_NAME
         try:
             raw = json.loads(config.read_text())
@@ -88,7 +89,7 @@ class OutputPlan:
             if (self.dest / parts[0]).is_symlink():
                 raise OutputError(f"OUTPUT {self.given}: {parts[0]}/ is a symbolic link; not deleting files through "
                                   "it. Remove the directory yourself or choose a new one")
-        return [self.dest / rel for rel in listed] + [self.dest / name for name in (CONFIG_NAME, *self.copied)]
+        return [self.dest / rel for rel in (CONFIG_NAME, *listed, *self.copied)]  # neuron_config.json first
 
     # ---- staging -------------------------------------------------------------------------------
     def make_staging(self) -> Path:
