@@ -18,12 +18,15 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import numbers
 import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from neuron_cache import Artifact
 from neuron_infer.engine.errors import EngineClosedError, QueueFullError, RequestError
@@ -149,7 +152,7 @@ class Engine:
                 raise RequestError("prompt", prompt, "token ids (this engine has no tokenizer)",
                                    "pass token ids, or create the engine with a tokenizer")
             return list(self.tokenizer(prompt)["input_ids"])
-        return [int(t) for t in prompt]
+        return _token_ids(prompt)
 
     def _check(self, ids: list[int], params: RequestParams) -> None:
         cfg = self.runtime.config
@@ -162,9 +165,7 @@ class Engine:
         if len(ids) >= cfg.sequence_length:
             raise RequestError("prompt", f"{len(ids)} tokens", f"fewer than sequence_length={cfg.sequence_length}",
                                "leave room to generate, or re-export with a larger --sequence_length")
-        bad = [t for t in ids if t < 0 or (self.vocab_size is not None and t >= self.vocab_size)]
-        if bad:
-            raise RequestError("prompt", bad[:5], f"token ids in [0, {self.vocab_size})", "check the tokenizer")
+        _check_vocabulary(ids, self.vocab_size)
         if params.stop and self.tokenizer is None:
             raise RequestError("stop", params.stop, "stop strings only with a tokenizer",
                                "create the engine with a tokenizer, or use stop_token_ids")
@@ -346,6 +347,42 @@ class Engine:
 
     def _queued_locked(self) -> int:
         return len(self._waiting) + sum(1 for kind, _ in self._inbox if kind == "add")
+
+
+_NOT_IDS = "a string, or token ids: a list of ints or a 1-D integer tensor"
+
+
+def _integer_tensor(t: torch.Tensor) -> bool:
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+
+def _token_ids(prompt: Any) -> list[int]:
+    """The prompt's ids as ints, refusing anything a cast would silently turn into other tokens."""
+    if isinstance(prompt, torch.Tensor):
+        if not _integer_tensor(prompt) or prompt.dim() != 1:
+            raise RequestError("prompt", f"a {prompt.dtype} tensor of shape {tuple(prompt.shape)}", _NOT_IDS,
+                               "pass one prompt's input_ids from the tokenizer")
+        return prompt.tolist()
+    try:
+        items = list(prompt)
+    except TypeError:
+        raise RequestError("prompt", prompt, _NOT_IDS, "pass the tokenizer's input_ids") from None
+    for i, t in enumerate(items):
+        if isinstance(t, torch.Tensor) and t.dim() == 0 and _integer_tensor(t):
+            continue  # list(tensor) gives 0-d integer tensors
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+            raise RequestError("prompt", f"{t!r} at position {i}", _NOT_IDS, "pass the tokenizer's input_ids")
+    return [int(t) for t in items]
+
+
+def _check_vocabulary(ids: list[int], vocab_size: int | None) -> None:
+    # vocab_size is None only for artifacts whose graphs return tokens and record no vocabulary size.
+    if min(ids) >= 0 and (vocab_size is None or max(ids) < vocab_size):
+        return
+    i, t = next((i, t) for i, t in enumerate(ids) if t < 0 or (vocab_size is not None and t >= vocab_size))
+    allowed = "token ids >= 0" if vocab_size is None else f"token ids in [0, {vocab_size})"
+    raise RequestError("prompt", f"token {t} at position {i}", allowed,
+                       "check that the tokenizer belongs to this model")
 
 
 def _artifact_eos(root: Path) -> tuple[int, ...]:
