@@ -49,3 +49,37 @@ def test_push_to_hub_then_load_by_repo_id(tiny_artifact, hub):
     prompt = torch.tensor([[1, 17, 33, 5, 90]])
     expected = model.generate(prompt, max_new_tokens=8, eos_token_id=None)
     assert torch.equal(loaded.generate(prompt, max_new_tokens=8, eos_token_id=None), expected)
+
+
+def test_an_artifact_from_the_hub_needs_consent_unless_this_machine_compiled_it(tiny_artifact, hub, tmp_path,
+                                                                                 monkeypatch):
+    from neuron_cache import trust
+    from neuron_cache.trust import UntrustedGraphsError
+
+    original = NeuronModelForCausalLM.from_pretrained(tiny_artifact)
+    original.push_to_hub("org/someone-elses", token="hf_fake")
+    prompt = torch.tensor([[1, 17, 33, 5, 90]])
+    expected = original.generate(prompt, max_new_tokens=4, eos_token_id=None)
+    # Another machine's ledger never saw these graphs: the Hub id is named, nothing is loaded.
+    monkeypatch.setattr(trust, "trust_dir", lambda: tmp_path / "empty-ledger")
+    with pytest.raises(UntrustedGraphsError, match=r"^org/someone-elses \(.*\): .* trust_remote_code=True"):
+        NeuronModelForCausalLM.from_pretrained("org/someone-elses", token="hf_fake")
+    with pytest.warns(UserWarning, match="trust_remote_code=True"):
+        model = NeuronModelForCausalLM.from_pretrained("org/someone-elses", token="hf_fake", trust_remote_code=True)
+    assert torch.equal(model.generate(prompt, max_new_tokens=4, eos_token_id=None), expected)
+
+
+def test_push_to_hub_refuses_a_symlink_to_a_file_outside_before_uploading(tiny_artifact, hub, tmp_path):
+    import os
+    import shutil
+
+    from neuron_cache import ArtifactError
+
+    root = tmp_path / "a"
+    shutil.copytree(tiny_artifact, root)
+    (tmp_path / "id_rsa").write_text("private key")
+    os.symlink(tmp_path / "id_rsa", root / "README.md")
+    model = NeuronModelForCausalLM.from_pretrained(root)
+    with pytest.raises(ArtifactError, match=r"'README.md' points outside the artifact"):
+        model.push_to_hub("org/leaky", token="hf_fake")
+    assert "org/leaky" not in hub.repos
