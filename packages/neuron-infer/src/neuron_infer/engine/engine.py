@@ -98,9 +98,11 @@ class Engine:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_artifact(cls, path: str | Path, tokenizer: Any = "auto", config: EngineConfig | None = None) -> Engine:
-        """`tokenizer="auto"` loads the tokenizer files exported with the artifact, if there are any."""
-        runtime = DecoderRuntime(Artifact.open(path))
+    def from_artifact(cls, path: str | Path, tokenizer: Any = "auto", config: EngineConfig | None = None, *,
+                      trust_remote_code: bool = False) -> Engine:
+        """`tokenizer="auto"` loads the tokenizer files exported with the artifact, if there are any.
+        `trust_remote_code`: consent to run graphs this machine did not compile (as NeuronModelForCausalLM)."""
+        runtime = DecoderRuntime(Artifact.open(path), trust_remote_code=trust_remote_code)
         if tokenizer == "auto":
             tokenizer = _artifact_tokenizer(Path(path))
         return cls(runtime, tokenizer, config)
