@@ -203,6 +203,12 @@ def test_on_device_sampling_refuses_top_k_beyond_max_topk_and_expands_sequences(
     assert out.shape == (3, len(PROMPT) + 4)
 
 
+def test_on_device_sampling_artifacts_check_the_vocabulary_too(on_device_model):
+    # Their graphs return tokens, not logits; the vocabulary comes from the graphs' signature.
+    with pytest.raises(ValueError, match=r"input_ids\[0, 1\] = 160 is not a token of this model .*\[0, 160\)"):
+        on_device_model.generate(torch.tensor([[1, VOCAB, 3]]), max_new_tokens=2)
+
+
 # ---- lengths ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [-1, 0])
 def test_max_new_tokens_below_one_is_refused(model, n):
