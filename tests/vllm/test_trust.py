@@ -40,6 +40,16 @@ def test_serve_refuses_graphs_compiled_elsewhere_unless_trusted(tiny_artifact, t
     assert here.returncode == 0 and "--trust-remote-code" not in here.stderr, here.stderr[-2000:]
 
 
+@pytest.mark.parametrize("content", [b'{"schema_version": 1,', b"\xff\xfe", b"[" * 100_000])
+def test_serve_names_a_broken_config_in_one_line(tmp_path, content):
+    root = tmp_path / "artifact"
+    root.mkdir()
+    (root / "neuron_config.json").write_bytes(content)
+    out = serve_dry_run(root, env=dict(os.environ))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"{root}/neuron_config.json" in out.stderr and "Fix: repair the file" in out.stderr
+
+
 @pytest.mark.vllm
 def test_the_worker_reads_vllms_trust_remote_code(tiny_artifact, tmp_path, monkeypatch):
     from neuron_cache import trust

@@ -10,6 +10,7 @@ import os
 
 import click
 
+from neuron_cache import ArtifactError, NeuronConfigError
 from neuron_vllm.launch import (
     ServeError,
     ServeOptions,
@@ -68,7 +69,7 @@ def serve(model: str, dry_run: bool, vllm_args: tuple[str, ...], **options: obje
         artifact = resolve_artifact(opts, log=lambda m: click.echo(m, err=True))
         check_trusted(artifact, opts)
         command = server_command(artifact, opts)
-    except ServeError as err:
+    except (ServeError, NeuronConfigError, ArtifactError) as err:
         raise click.UsageError(str(err)) from None
     click.echo("neuron-vllm: " + " ".join(command), err=True)
     if dry_run:
