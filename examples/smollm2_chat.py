@@ -25,6 +25,16 @@ def smollm2_gguf() -> Path:
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def export_smollm2(artifact: Path, args: argparse.Namespace) -> None:
+    from neuron_export.export import ExportOptions, export
+
+    t = time.perf_counter()
+    export(ExportOptions(model=str(smollm2_gguf()), output=str(artifact), batch_size=1, sequence_length=512,
+                         max_context_length=256, context_buckets=[64, 256], torch_dtype=args.torch_dtype,
+                         backend=args.backend))
+    print(f"export: {time.perf_counter() - t:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("question", nargs="?", default="What is the capital of France? Answer in one sentence.")
@@ -37,22 +47,26 @@ def main() -> None:
 
     from transformers import AutoTokenizer, TextStreamer
 
+    from neuron_cache import ArtifactError
     from neuron_infer import NeuronModelForCausalLM
 
     artifact = Path(args.artifact)
     if args.reexport or not (artifact / "neuron_config.json").is_file():
-        from neuron_export.export import ExportOptions, export
-
-        t = time.perf_counter()
-        export(ExportOptions(model=str(smollm2_gguf()), output=str(artifact), batch_size=1, sequence_length=512,
-                             max_context_length=256, context_buckets=[64, 256], torch_dtype=args.torch_dtype,
-                             backend=args.backend))
-        print(f"export: {time.perf_counter() - t:.1f} s")
+        export_smollm2(artifact, args)
     else:
         print(f"export: skipped, reusing {artifact} (pass --reexport to compile again)")
 
     t = time.perf_counter()
-    model = NeuronModelForCausalLM.from_pretrained(artifact)
+    try:
+        model = NeuronModelForCausalLM.from_pretrained(artifact)
+    except (ArtifactError, ValueError) as err:
+        # An artifact this script made with an older neuron-export (no compiled signature), or whose graphs
+        # this machine did not compile: it was exported from the same GGUF, so export again rather than
+        # consent to run graphs of unknown origin.
+        print(f"cannot reuse {artifact}: {err}\nexporting again")
+        export_smollm2(artifact, args)
+        t = time.perf_counter()
+        model = NeuronModelForCausalLM.from_pretrained(artifact)
     tokenizer = AutoTokenizer.from_pretrained(artifact)
     print(f"load: {time.perf_counter() - t:.2f} s")
 
