@@ -82,3 +82,14 @@ def test_token_ids_of_integer_types_are_accepted_and_the_engine_stays_healthy(en
     for prompt in (torch.tensor(PROMPT, dtype=torch.int32), np.array(PROMPT), list(torch.tensor(PROMPT))):
         assert engine.add_request(prompt, params).result().token_ids == expected
     assert engine.stats().free_slots == 2
+
+
+@pytest.mark.parametrize("content", [b'{"eos_token_id": 2,', b'{"eos_token_id": "\xff"}', b'{"eos_token_id": "two"}'])
+def test_a_broken_generation_config_is_named_when_the_engine_reads_its_eos(runtime, tmp_path, content):
+    import shutil
+
+    root = tmp_path / "artifact"
+    shutil.copytree(runtime.root, root)
+    (root / "generation_config.json").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{root / 'generation_config.json'}: cannot read eos_token_id .*repair"):
+        Engine.from_artifact(root, tokenizer=None)

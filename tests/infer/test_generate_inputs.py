@@ -286,8 +286,6 @@ def test_a_list_is_refused_by_the_generate_function(loaded):
         generate(loaded.runtime, [PROMPT], None, settings)
 
 
-@pytest.mark.xfail(strict=True, reason="NeuronModelForCausalLM.generate (modeling.py, not ours) reads "
-                                       "input_ids.shape before generation.check_inputs can refuse a list")
 def test_a_list_is_refused_by_the_model(model):
     with pytest.raises(TypeError, match=r"input_ids is a list, not a torch.Tensor"):
         model.generate([PROMPT], max_new_tokens=2)

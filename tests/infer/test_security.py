@@ -389,3 +389,21 @@ def test_save_pretrained_refuses_symlinks_to_outside_files(tiny_artifact, tmp_pa
     os.symlink(root / "config.json", root / "notes.txt")  # inside: copied as a file
     saved = model.save_pretrained(tmp_path / "saved")
     assert (saved / "notes.txt").read_bytes() == (root / "config.json").read_bytes()
+
+
+# ---- ids and positions: what every caller (generate, Engine, vLLM runner) passes through ---------------
+def test_the_runtime_refuses_ids_positions_and_slots_the_kernels_would_index_out_of_bounds(tiny_artifact):
+    runtime = NeuronModelForCausalLM.from_pretrained(tiny_artifact).runtime
+    long = lambda *v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    with pytest.raises(ValueError, match=r"prompt hold token id 160, outside this artifact's vocabulary \[0, 160\)"):
+        runtime.prefill(long(1, 160, 3), slot=0)
+    with pytest.raises(ValueError, match=r"token id -1"):
+        runtime.prefill(long(1, -1), slot=0)
+    with pytest.raises(ValueError, match=r"tokens hold token id 999"):
+        runtime.decode(long(999, 1), long(3, 3))
+    with pytest.raises(ValueError, match=r"positions \[48, 3\] must lie in \[0, 48\)"):
+        runtime.decode(long(1, 1), long(48, 3))
+    with pytest.raises(ValueError, match=r"positions \[-1\] must lie"):
+        runtime.decode_slots([0], long(1), long(-1))
+    with pytest.raises(ValueError, match=r"slots \[2\] must be within the compiled batch \(0..1\)"):
+        runtime.decode_slots([2], long(1), long(3))

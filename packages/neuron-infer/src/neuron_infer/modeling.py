@@ -12,7 +12,7 @@ import torch
 
 from neuron_cache import CONFIG_NAME, Artifact, NeuronConfig
 from neuron_cache.artifact import contained_path
-from neuron_infer.generation import GenerationDefaults, GenerationSettings, generate
+from neuron_infer.generation import GenerationDefaults, GenerationSettings, check_inputs, generate
 from neuron_infer.runtime import DecoderRuntime
 
 
@@ -121,6 +121,7 @@ class NeuronModelForCausalLM:
         """
         if input_ids is None:
             raise ValueError("generate() needs input_ids")
+        input_ids, attention_mask = check_inputs(input_ids, attention_mask, self.runtime.vocab_size)
         base = generation_config
         if base is None:
             # The transformers-free fast path covers the common arguments; anything else is resolved by

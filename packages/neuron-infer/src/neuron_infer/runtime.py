@@ -194,6 +194,21 @@ class DecoderRuntime:
         vocab = self._decode.signature.static.get("vocab_size")
         return int(vocab) if vocab is not None else None
 
+    # The compiled kernels index the embedding by token id and the KV cache by position without bounds
+    # checks: an id or position out of range is an out-of-bounds read or write, not an error. Every caller
+    # (generate, the Engine, the vLLM runner) comes through here, so this is where they are refused.
+    def _check_ids(self, ids: torch.Tensor, what: str) -> None:
+        vocab = self.vocab_size
+        if ids.numel() and vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            bad = ids[(ids < 0) | (ids >= vocab)].view(-1)[0]
+            raise ValueError(f"{what} hold token id {int(bad)}, outside this artifact's vocabulary [0, {vocab})")
+
+    def _check_positions(self, positions: torch.Tensor) -> None:
+        limit = self.config.sequence_length
+        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= limit):
+            raise ValueError(f"positions {positions.tolist()} must lie in [0, {limit}): the KV cache holds "
+                             f"sequence_length={limit} tokens")
+
     def prefill(self, prompt: torch.Tensor, slot: int, sampling: torch.Tensor | None = None,
                 rand: torch.Tensor | None = None) -> torch.Tensor:
         """prompt (n,) int -> logits (vocab,) float32, or the sampled token () with on-device sampling."""
@@ -202,6 +217,7 @@ class DecoderRuntime:
             raise ValueError("cannot prefill an empty prompt")
         if not 0 <= slot < self.batch_size:
             raise ValueError(f"slot {slot} is outside the compiled batch (0..{self.batch_size - 1})")
+        self._check_ids(prompt, "prompt")
         bucket = self.config.bucket_for(n)
         ids = torch.zeros(1, bucket, dtype=torch.long)
         ids[0, :n] = prompt
@@ -223,6 +239,10 @@ class DecoderRuntime:
         if rows is None or n == 0:
             raise ValueError(f"no sub-batch decode graph holds {n} slots (this artifact has rows "
                              f"{sorted(self._rows_graphs)}); use decode() over the whole batch")
+        self._check_ids(tokens, "tokens")
+        self._check_positions(positions)
+        if min(slots) < 0 or max(slots) >= self.batch_size:
+            raise ValueError(f"slots {slots} must be within the compiled batch (0..{self.batch_size - 1})")
         # Pad by repeating the first row: it rewrites the same KV entry with the same values.
         pick = torch.tensor(list(range(n)) + [0] * (rows - n))
         args = [tokens.view(-1)[pick].view(-1, 1).long(), positions.view(-1)[pick].long(),
@@ -235,6 +255,8 @@ class DecoderRuntime:
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, sampling: torch.Tensor | None = None,
                rand: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (batch,), positions (batch,) -> logits (batch, vocab), or tokens (batch,) on device."""
+        self._check_ids(tokens, "tokens")
+        self._check_positions(positions)
         args = [tokens.view(-1, 1).long(), positions.long()]
         if self.config.on_device_sampling:
             args += [sampling, rand]

@@ -391,9 +391,14 @@ def _artifact_eos(root: Path) -> tuple[int, ...]:
     for name in ("generation_config.json", "config.json"):
         path = root / name
         if path.is_file():
-            eos = json.loads(path.read_text()).get("eos_token_id")
-            if eos is not None:
-                return tuple(eos) if isinstance(eos, list) else (int(eos),)
+            try:
+                data = json.loads(path.read_bytes().decode("utf-8"))
+                eos = data.get("eos_token_id") if isinstance(data, dict) else None
+                if eos is not None:
+                    return tuple(int(e) for e in eos) if isinstance(eos, list) else (int(eos),)
+            except (ValueError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                raise ValueError(f"{path}: cannot read eos_token_id ({str(err)[:120]}); repair the file, delete it, "
+                                 "or pass EngineConfig(eos_token_ids=...)") from None
     return ()
 
 
