@@ -155,7 +155,7 @@ def test_transformers_free_defaults_resolve_like_generation_config(tiny_artifact
     # load-to-first-token path); it must settle every argument exactly as transformers' GenerationConfig does.
     from transformers import GenerationConfig
 
-    from neuron_infer.generation import GenerationDefaults, GenerationSettings
+    from neuron_infer.generation_args import GenerationDefaults, GenerationSettings
 
     assert GenerationDefaults.covers(kwargs)
     fast = GenerationSettings.resolve(GenerationDefaults.from_dir(tiny_artifact), dict(kwargs), prompt_len=5)
@@ -164,7 +164,7 @@ def test_transformers_free_defaults_resolve_like_generation_config(tiny_artifact
 
 
 def test_arguments_beyond_the_defaults_go_through_generation_config(tiny_artifact):
-    from neuron_infer.generation import GenerationDefaults
+    from neuron_infer.generation_args import GenerationDefaults
 
     fresh = NeuronModelForCausalLM.from_pretrained(tiny_artifact)
     assert not GenerationDefaults.covers({"num_beams": 1})

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from neuron_infer import NeuronModelForCausalLM
-from neuron_infer.generation import GenerationDefaults, GenerationSettings, generate
+from neuron_infer.generation import generate
+from neuron_infer.generation_args import GenerationDefaults, GenerationSettings
 
 PROMPT = [1, 17, 33, 5, 90, 41, 7]
 PROMPTS = [PROMPT, [1, 120, 3], [1, 9, 9, 14, 15, 26, 53, 58, 97, 93, 23]]

@@ -12,7 +12,8 @@ import torch
 
 from neuron_cache import CONFIG_NAME, Artifact, NeuronConfig
 from neuron_cache.artifact import contained_path
-from neuron_infer.generation import GenerationDefaults, GenerationSettings, check_inputs, generate
+from neuron_infer.generation import generate
+from neuron_infer.generation_args import GenerationDefaults, GenerationSettings, check_inputs
 from neuron_infer.runtime import DecoderRuntime
 
 
