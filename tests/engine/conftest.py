@@ -6,7 +6,9 @@ import pytest
 import transformers
 from engine_testlib import export_tiny, make_tiny_checkpoint, smollm2_tokenizer
 
-from neuron_infer import NeuronModelForCausalLM
+from neuron_cache import Artifact
+from neuron_infer import DecoderRuntime, NeuronModelForCausalLM
+from neuron_infer.engine import Engine
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +34,15 @@ def reference_model(tiny_checkpoint) -> transformers.LlamaForCausalLM:
 @pytest.fixture(scope="session")
 def neuron_model(tiny_artifact) -> NeuronModelForCausalLM:
     return NeuronModelForCausalLM.from_pretrained(tiny_artifact)
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_artifact) -> DecoderRuntime:
+    """One runtime (one KV cache) per test module."""
+    return DecoderRuntime(Artifact.open(tiny_artifact))
+
+
+@pytest.fixture
+def engine(runtime, tokenizer) -> Engine:
+    with Engine(runtime, tokenizer) as engine:
+        yield engine

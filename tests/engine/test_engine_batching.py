@@ -7,25 +7,12 @@ import pytest
 import torch
 from engine_testlib import transformers_greedy
 
-from neuron_cache import Artifact
-from neuron_infer import DecoderRuntime
 from neuron_infer.engine import Engine, EngineConfig, FinishReason, QueueFullError, RequestParams
 
 # Different lengths (so different context buckets) and different max_tokens (so they leave at different steps).
 PROMPTS = [[1, 17, 33, 5, 90, 41, 7], [1, 120, 3], [1, 9, 9, 14, 15, 26, 53, 58, 97, 93, 23], [1, 500, 8000, 44],
            [1, *range(300, 320)]]
 MAX_TOKENS = [9, 14, 6, 11, 8]
-
-
-@pytest.fixture(scope="module")
-def runtime(tiny_artifact) -> DecoderRuntime:
-    return DecoderRuntime(Artifact.open(tiny_artifact))
-
-
-@pytest.fixture
-def engine(runtime, tokenizer) -> Engine:
-    with Engine(runtime, tokenizer) as engine:
-        yield engine
 
 
 def neuron_greedy(neuron_model, prompt: list[int], n: int) -> list[int]:

@@ -6,23 +6,10 @@ import pytest
 import torch
 from engine_testlib import transformers_greedy
 
-from neuron_cache import Artifact
-from neuron_infer import DecoderRuntime
 from neuron_infer.engine import Engine, RequestError, RequestParams
 
 PROMPT = [1, 17, 33, 5, 90, 41, 7]
 VOCAB = 49152  # SmolLM2's tokenizer
-
-
-@pytest.fixture(scope="module")
-def runtime(tiny_artifact) -> DecoderRuntime:
-    return DecoderRuntime(Artifact.open(tiny_artifact))
-
-
-@pytest.fixture
-def engine(runtime, tokenizer) -> Engine:
-    with Engine(runtime, tokenizer) as engine:
-        yield engine
 
 
 BAD_PROMPTS = {

@@ -8,24 +8,11 @@ import pytest
 import torch
 from engine_testlib import transformers_greedy
 
-from neuron_cache import Artifact
-from neuron_infer import DecoderRuntime
 from neuron_infer.engine import Engine, EngineClosedError, FinishReason, RequestError, RequestParams
 from neuron_infer.sampling import SamplingParams, select
 
 PROMPT = [1, 17, 33, 5, 90, 41, 7]
 OTHER = [1, 9, 9, 14, 15, 26, 53, 58, 97, 93, 23]
-
-
-@pytest.fixture(scope="module")
-def runtime(tiny_artifact) -> DecoderRuntime:
-    return DecoderRuntime(Artifact.open(tiny_artifact))
-
-
-@pytest.fixture
-def engine(runtime, tokenizer) -> Engine:
-    with Engine(runtime, tokenizer) as engine:
-        yield engine
 
 
 def sampled(temperature=0.9, top_k=50, top_p=0.95, seed=1234, n=12) -> RequestParams:
