@@ -162,6 +162,20 @@ def test_a_native_library_in_a_torch_aot_graph_never_runs_without_consent(tiny_a
     assert marker.read_text() == "ran", out.stdout + out.stderr[-2000:]
 
 
+def test_a_graph_swapped_after_the_check_is_not_the_one_that_runs(tiny_artifact, tmp_path):
+    """Buckets load lazily: the file on disk at that moment may not be the one that was checked."""
+    root = _copy(tiny_artifact, tmp_path / "a")
+    model = NeuronModelForCausalLM.from_pretrained(root)  # checked now; context_encoding_8 not loaded yet
+    marker = tmp_path / "pwned"
+    evil = _copy(tiny_artifact, tmp_path / "evil")
+    _pickle_payload(evil, marker)
+    shutil.copyfile(evil / "graphs" / "token_generation.pt2", root / "graphs" / "context_encoding_8.pt2")
+    out = model.generate(PROMPT[:, :5], max_new_tokens=3, eos_token_id=None)  # a 5-token prompt: bucket 8
+    assert not marker.exists()
+    reference = NeuronModelForCausalLM.from_pretrained(tiny_artifact)
+    assert torch.equal(out, reference.generate(PROMPT[:, :5], max_new_tokens=3, eos_token_id=None))
+
+
 def test_artifacts_from_another_machine_need_consent(tiny_artifact, tmp_path, monkeypatch):
     """The same bytes, but a ledger that never saw them (a colleague's machine, a fresh cache)."""
     from neuron_cache import trust
@@ -342,11 +356,13 @@ def test_failed_and_finished_loads_leave_no_temporary_directories(tiny_aot_artif
     _rehash(broken)
     with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="dlopen"):
         NeuronModelForCausalLM.from_pretrained(broken, trust_remote_code=True)
+    gc.collect()
     assert list(scratch.iterdir()) == []
 
     model = NeuronModelForCausalLM.from_pretrained(tiny_aot_artifact)
     assert model.generate(PROMPT[:, :4], max_new_tokens=2, eos_token_id=None).shape == (1, 6)
-    assert len(list(scratch.iterdir())) == 2  # prefill and decode, each in its own private directory
+    # The checked graph snapshots, then prefill and decode each extracted into a private directory.
+    assert len(list(scratch.iterdir())) == 3
     del model
     gc.collect()
     assert list(scratch.iterdir()) == []

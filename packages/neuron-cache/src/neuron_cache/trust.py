@@ -18,6 +18,8 @@ The ledger is one small file per digest under ``$XDG_CACHE_HOME/neuron/trusted-g
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -27,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuron_cache.artifact import Artifact, sha256_file
+from neuron_cache.artifact import Artifact
 from neuron_cache.errors import ArtifactError
 
 TRUST_DIR_NAME = "trusted-graphs"
@@ -70,20 +72,37 @@ class UntrustedGraphsError(ArtifactError):
 class TrustDecision:
     untrusted: list[str]  # relative paths of graph files this machine did not produce
     consented: bool
+    files: dict[str, Path]  # graph name -> the file to load: the checked snapshot, or the artifact's own
+
+
+def _hash_and_copy(src: Path, dst: Path | None, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(src, "rb") as f, (open(dst, "xb") if dst is not None else contextlib.nullcontext()) as out:
+        while block := f.read(chunk):
+            digest.update(block)
+            if out is not None:
+                out.write(block)
+    return digest.hexdigest()
 
 
 def check_graphs_trusted(artifact: Artifact, names: Iterable[str], *, trust_remote_code: bool,
-                         origin: str | None = None) -> TrustDecision:
+                         origin: str | None = None, snapshot_dir: Path | None = None) -> TrustDecision:
     """Refuse (UntrustedGraphsError) to load graphs this machine did not produce, unless consented.
 
     Hashes the files as they are on disk now, not as neuron_config.json claims. `origin` names where
-    the artifact came from (a Hub id) for the message.
+    the artifact came from (a Hub id) for the message. With `snapshot_dir` (a private directory the
+    caller created), each graph is copied there in the same read that hashes it, and `files` points at
+    the copies: a graph swapped in the artifact directory after the check (or before a bucket is
+    loaded lazily) is never the one that runs.
     """
-    untrusted = []
+    untrusted, files = [], {}
     for name in names:
         rel = artifact.config.graphs[name].file
-        if not is_trusted(sha256_file(artifact.path(rel))):
+        source = artifact.path(rel)
+        copy = snapshot_dir / f"{len(files)}-{source.name}" if snapshot_dir is not None else None
+        if not is_trusted(_hash_and_copy(source, copy)):
             untrusted.append(rel)
+        files[name] = copy or source
     if untrusted and not trust_remote_code:
         source = f"{origin} ({artifact.root})" if origin else str(artifact.root)
         backend = artifact.config.target.backend
@@ -97,4 +116,4 @@ def check_graphs_trusted(artifact: Artifact, names: Iterable[str], *, trust_remo
             f"(command line and server: --trust-remote-code); otherwise export the model yourself with "
             f"`neuron-export --model {artifact.config.checkpoint_id or 'CHECKPOINT'} ...`, whose graphs load without asking."
         )
-    return TrustDecision(untrusted=untrusted, consented=bool(untrusted))
+    return TrustDecision(untrusted=untrusted, consented=bool(untrusted), files=files)

@@ -7,8 +7,11 @@ context-encoding graph of the smallest bucket that fits and writes that slot's c
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import warnings
+import weakref
 from pathlib import Path
 
 import torch
@@ -119,9 +122,12 @@ class DecoderRuntime:
         self.root, self.config = artifact.root, artifact.config
         check_compatible(self.config, self.root)
         # Before anything of the graphs is opened: every graph file must be one this machine produced, or
-        # the caller consented to run it.
+        # the caller consented to run it. The graphs load from private copies made while hashing them, so
+        # what runs is what was checked, even for buckets loaded later.
+        snapshots = Path(tempfile.mkdtemp(prefix="neuron-infer-graphs-"))
+        weakref.finalize(self, shutil.rmtree, snapshots, True)
         self.trust = check_graphs_trusted(artifact, self.config.graphs, trust_remote_code=trust_remote_code,
-                                          origin=origin)
+                                          origin=origin, snapshot_dir=snapshots)
         if self.trust.consented:
             warnings.warn(f"{self.root}: running graphs not compiled on this machine ({', '.join(self.trust.untrusted)}) "
                           "because trust_remote_code=True", stacklevel=2)
@@ -155,7 +161,7 @@ class DecoderRuntime:
     def _load(self, name: str) -> Graph:
         entry = self.config.graphs[name]
         where = f"{self.root}: graph '{name}' ({entry.file})"
-        graph = load_graph(self.config.target.backend, self.artifact.path(entry.file), self.constants, where)
+        graph = load_graph(self.config.target.backend, self.trust.files[name], self.constants, where)
         graph.signature.check_config(self.config, name, where)
         return graph
 
