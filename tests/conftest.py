@@ -15,3 +15,5 @@ os.environ["XDG_CACHE_HOME"] = _SESSION_CACHE
 os.environ.pop("NEURON_COMPILE_CACHE_URL", None)
 os.environ.pop("NEURON_COMPILE_CACHE_DIR", None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+pytest_plugins = ["support.fixtures"]

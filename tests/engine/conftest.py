@@ -1,10 +1,10 @@
-from __future__ import annotations
+"""Fixtures for tests/engine; the tokenizer, the tiny SmolLM2-vocabulary checkpoint and its artifact come from
+tests/support/fixtures.py (one per test session)."""
 
-from pathlib import Path
+from __future__ import annotations
 
 import pytest
 import transformers
-from engine_testlib import export_tiny, make_tiny_checkpoint, smollm2_tokenizer
 
 from neuron_cache import Artifact
 from neuron_infer import DecoderRuntime, NeuronModelForCausalLM
@@ -12,23 +12,8 @@ from neuron_infer.engine import Engine
 
 
 @pytest.fixture(scope="session")
-def tokenizer():
-    return smollm2_tokenizer()
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-smol", tokenizer)
-
-
-@pytest.fixture(scope="session")
-def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
-    return export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("art") / "tiny-smol-b2")
-
-
-@pytest.fixture(scope="session")
-def reference_model(tiny_checkpoint) -> transformers.LlamaForCausalLM:
-    return transformers.LlamaForCausalLM.from_pretrained(tiny_checkpoint).eval()
+def reference_model(tiny_reference) -> transformers.LlamaForCausalLM:
+    return tiny_reference
 
 
 @pytest.fixture(scope="session")

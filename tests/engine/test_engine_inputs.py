@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_testlib import transformers_greedy
+from support.tiny import transformers_greedy
 
 from neuron_infer.engine import Engine, RequestError, RequestParams
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from engine_testlib import transformers_greedy
+from support.tiny import transformers_greedy
 
 from neuron_infer.engine import Engine, EngineClosedError, FinishReason, RequestError, RequestParams
 from neuron_infer.sampling import SamplingParams, select

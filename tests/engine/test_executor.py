@@ -5,7 +5,7 @@ over a subset of the slots (decode_batches) never touches it."""
 from __future__ import annotations
 
 import pytest
-from engine_testlib import transformers_greedy
+from support.tiny import export_tiny, transformers_greedy
 
 from neuron_cache import Artifact
 from neuron_infer import DecoderRuntime
@@ -17,8 +17,6 @@ A, B = [1, 17, 33, 5, 90, 41, 7], [1, 120, 3]
 @pytest.fixture(scope="module")
 def executor(tiny_checkpoint, tmp_path_factory) -> BatchExecutor:
     """Only the full-batch decode graph: every step runs every row."""
-    from engine_testlib import export_tiny
-
     art = export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("full") / "tiny-full", decode_batches=[])
     return BatchExecutor(DecoderRuntime(Artifact.open(art)))
 
@@ -76,8 +74,6 @@ def test_both_slots_run_the_full_batch_graph(rows_executor, reference_model, mon
 
 @pytest.fixture(scope="module")
 def on_device_executor(tiny_checkpoint, tmp_path_factory) -> BatchExecutor:
-    from engine_testlib import export_tiny
-
     art = export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("ods") / "tiny-ods", on_device_sampling=True)
     return BatchExecutor(DecoderRuntime(Artifact.open(art)))
 

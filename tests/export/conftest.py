@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from export_testlib import BUCKETS, COMMON_CONFIG, save_tiny_checkpoint
+from export_testlib import BUCKETS, COMMON_CONFIG
+from support.tiny import save_tiny_checkpoint
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,70 +1,37 @@
-"""Helpers shared by tests/export: tiny random checkpoints, compiled artifacts run graph by graph, and
-transformers' eager model as the reference.
+"""Helpers shared by tests/export: the export shapes, compiled artifacts run graph by graph, and transformers'
+eager model as the reference (tiny random checkpoints come from tests/support/tiny.py).
 
 Everything numeric is compared with transformers, never with neuron-export's own eager module.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import support.tiny
 import torch
 
 from neuron_cache import NeuronConfig
 from neuron_export.backends import get_backend
-from neuron_export.export import ExportOptions, export
 from neuron_export.validate import load_constants
 
 SEQUENCE_LENGTH = 48
 BUCKETS = [16, 32]
 BATCH = 2
-INIT_STD = 0.15
 LOGIT_RTOL = 1e-4  # max |ours - transformers| allowed, per unit of the largest reference logit
 # Fields every tiny config shares: an odd vocabulary, 2 layers, special tokens inside the vocabulary.
 COMMON_CONFIG = dict(vocab_size=151, num_hidden_layers=2, max_position_embeddings=64, rms_norm_eps=1e-5,
                      pad_token_id=None, bos_token_id=1, eos_token_id=2)
 
 
-def randomize_(model: torch.nn.Module, seed: int, std: float = INIT_STD) -> None:
-    """Every parameter ~ N(0, std), norm weights ~ N(1, std), biases included.
-
-    Far from transformers' init (std 0.02, norms exactly 1, biases 0), so a dropped bias, a norm weight
-    applied to the wrong tensor or a mis-scaled attention changes the logits visibly; norm weights stay
-    near 1 so that attention is far from uniform and masking and rope bugs show.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32) * std
-            p.copy_(1.0 + noise if "norm" in name.rsplit(".", 2)[-2] else noise)
-
-
-def tiny_hf_model(config: Any, seed: int = 0) -> torch.nn.Module:
-    """transformers' eager float32 model for `config`, with `randomize_`d weights."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
-    randomize_(model, seed)
-    return model.eval()
-
-
-def save_tiny_checkpoint(config: Any, directory: Path, seed: int = 0) -> torch.nn.Module:
-    model = tiny_hf_model(config, seed)
-    model.save_pretrained(directory)
-    return model
-
-
-def export_tiny(checkpoint: Path, output: Path, **options: Any) -> Path:
-    """export() with the shapes every test here uses, validation off (the tests do their own), and the compile
-    cache off: every graph is traced from the code under test, never served from an earlier export."""
-    defaults = dict(batch_size=BATCH, sequence_length=SEQUENCE_LENGTH, max_context_length=BUCKETS[-1],
-                    context_buckets=list(BUCKETS), backend="torch-export", disable_validation=True,
-                    disable_neuron_cache=True)
-    export(ExportOptions(model=str(checkpoint), output=str(output), **{**defaults, **options}), log=lambda _: None)
-    return output
+# export() with the shapes every test here uses, validation off (the tests do their own), and the compile cache off:
+# every graph is traced from the code under test, never served from an earlier export. Keywords override these.
+export_tiny = functools.partial(support.tiny.export_tiny, batch_size=BATCH, sequence_length=SEQUENCE_LENGTH,
+                                max_context_length=BUCKETS[-1], context_buckets=list(BUCKETS), backend="torch-export",
+                                disable_validation=True, disable_neuron_cache=True)
 
 
 @dataclass

@@ -28,9 +28,8 @@ from export_testlib import (
     export_tiny,
     greedy_reference,
     prompt_ids,
-    save_tiny_checkpoint,
-    tiny_hf_model,
 )
+from support.tiny import save_tiny_checkpoint, tiny_hf_model
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}

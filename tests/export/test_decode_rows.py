@@ -18,8 +18,8 @@ from export_testlib import (
     export_tiny,
     greedy_reference,
     prompt_ids,
-    save_tiny_checkpoint,
 )
+from support.tiny import save_tiny_checkpoint
 
 from neuron_cache import NeuronConfig
 

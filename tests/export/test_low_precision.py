@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from export_testlib import BUCKETS, COMMON_CONFIG, CompiledArtifact, export_tiny, prompt_ids, save_tiny_checkpoint
+from export_testlib import BUCKETS, COMMON_CONFIG, CompiledArtifact, export_tiny, prompt_ids
+from support.tiny import save_tiny_checkpoint
 
 from neuron_cache import NeuronConfig
 from neuron_export.models.linear import native_low_precision_gemm

@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from export_testlib import (
-    COMMON_CONFIG,
-    CompiledArtifact,
-    export_tiny,
-    greedy_reference,
-    prompt_ids,
-    save_tiny_checkpoint,
-)
+from export_testlib import COMMON_CONFIG, CompiledArtifact, export_tiny, greedy_reference, prompt_ids
 from safetensors import safe_open
+from support.tiny import save_tiny_checkpoint
 
 from neuron_cache import NeuronConfig
 from neuron_infer.runtime import derive_constants

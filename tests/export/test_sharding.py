@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import transformers
-from export_testlib import tiny_hf_model
+from support.tiny import tiny_hf_model
 
 from neuron_export.convert import shard, sharding_plan, unshard
 from neuron_export.models.build import bind_checkpoint, build_decoder

@@ -1,5 +1,6 @@
 """Session fixtures for the vLLM tests: one exported SmolLM2 artifact (torch-aot, exported once and
-kept under a temp directory between runs), a tiny torch-export artifact, and the references."""
+kept under a temp directory between runs) and its reference. The tokenizer and the tiny torch-export
+artifact with its reference come from tests/support/fixtures.py."""
 
 from __future__ import annotations
 
@@ -11,14 +12,8 @@ import pytest
 import torch
 import transformers
 from filelock import FileLock
-from vllm_testlib import (
-    SMOLLM2_GGUF,
-    SMOLLM2_SHAPES,
-    export_tiny,
-    make_tiny_checkpoint,
-    smollm2_dir,
-    smollm2_tokenizer,
-)
+from support.smollm2 import SMOLLM2_GGUF, smollm2_dir, smollm2_gguf
+from vllm_testlib import SMOLLM2_SHAPES
 
 from neuron_cache import Artifact, ArtifactError, NeuronConfigError
 
@@ -52,28 +47,8 @@ def smollm2_artifact() -> Path:
     path = _artifacts_root() / name
     with FileLock(str(path) + ".lock"):
         if not _matches(path, s):
-            export(ExportOptions(model=str(smollm2_dir() / SMOLLM2_GGUF), output=str(path), **s), log=print)
+            export(ExportOptions(model=str(smollm2_gguf()), output=str(path), **s), log=print)
     return path
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    return smollm2_tokenizer()
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-smol", tokenizer)
-
-
-@pytest.fixture(scope="session")
-def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
-    return export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("art") / "tiny-smol-b2")
-
-
-@pytest.fixture(scope="session")
-def tiny_reference(tiny_checkpoint) -> transformers.LlamaForCausalLM:
-    return transformers.LlamaForCausalLM.from_pretrained(tiny_checkpoint).eval()
 
 
 @pytest.fixture(scope="session")

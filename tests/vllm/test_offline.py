@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.tiny import transformers_greedy
 from vllm_testlib import run_offline
 
 from neuron_infer import NeuronModelForCausalLM
@@ -39,13 +40,6 @@ def neuron_greedy(artifact, prompts: list[list[int]], max_tokens: list[int]) -> 
         ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
     out = model.generate(ids, attention_mask=mask, max_new_tokens=max(max_tokens), eos_token_id=None)
     return [out[i, width : width + n].tolist() for i, n in enumerate(max_tokens)]
-
-
-def transformers_greedy(model, prompt: list[int], n: int) -> list[int]:
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)
-    return out[0, len(prompt):].tolist()
 
 
 def test_tiny_model_greedy_and_logprobs_match_references(tiny_artifact, tiny_reference, tmp_path):
