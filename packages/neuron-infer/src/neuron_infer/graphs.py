@@ -184,19 +184,38 @@ def _as_list(out: Any) -> list[torch.Tensor]:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-LOADERS: dict[str, Callable[[Path, Mapping[str, torch.Tensor], str], Graph]] = {
+Loader = Callable[[Path, Mapping[str, torch.Tensor], str], Graph]
+LOADERS: dict[str, Loader] = {
     "torch-aot": load_aoti,
     "torch-export": load_exported,
 }
+# An out-of-tree backend adds its loader without editing neuron-infer: an entry point in this group, named
+# after the backend (`target.backend` in neuron_config.json), pointing at a function with load_aoti's
+# signature. It must check the constants against the graph's signature (`check_constants`) and return a
+# `Graph`, whose calls check every input; the trust check has already run on the file it is given.
+ENTRY_POINT_GROUP = "neuron_infer.backends"
+
+
+def plugin_loaders() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in LOADERS}
+
+
+def loader_for(backend: str) -> Loader:
+    if backend in LOADERS:
+        return LOADERS[backend]
+    plugins = plugin_loaders()
+    if backend in plugins:
+        return plugins[backend].load()
+    hint = " Neuron graphs run only on Trainium/Inferentia with the Neuron SDK." if backend == "neuron" else ""
+    raise RuntimeError(
+        f"this neuron-infer cannot run graphs of backend '{backend}' (it runs: {', '.join([*LOADERS, *plugins])}; "
+        f"a backend package adds itself through the '{ENTRY_POINT_GROUP}' entry point group).{hint}"
+    )
 
 
 def load_graph(backend: str, file: Path, constants: Mapping[str, torch.Tensor], where: str | None = None) -> Graph:
-    try:
-        loader = LOADERS[backend]
-    except KeyError:
-        hint = " Neuron graphs run only on Trainium/Inferentia with the Neuron SDK." if backend == "neuron" else ""
-        raise RuntimeError(
-            f"this neuron-infer cannot run graphs of backend '{backend}' (it runs: {', '.join(LOADERS)}).{hint}"
-        ) from None
+    loader = loader_for(backend)
     with torch.no_grad():
         return loader(file, constants, where or str(file))

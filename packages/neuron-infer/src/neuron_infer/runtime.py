@@ -18,7 +18,7 @@ import torch
 
 from neuron_cache import Artifact, ArtifactError, NeuronConfig
 from neuron_cache.trust import check_graphs_trusted
-from neuron_infer.graphs import Graph, load_graph
+from neuron_infer.graphs import Graph, load_graph, plugin_loaders
 
 
 def check_compatible(config: NeuronConfig, root: Path) -> None:
@@ -34,7 +34,7 @@ def check_compatible(config: NeuronConfig, root: Path) -> None:
         )
     if target.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"{root} was compiled for cuda, but no CUDA device is available here; re-export with --target cpu")
-    if target.device not in ("cpu", "cuda"):
+    if target.device not in ("cpu", "cuda") and target.backend not in plugin_loaders():
         raise RuntimeError(
             f"{root} was compiled for '{target.device}' with backend '{target.backend}'; this machine runs cpu/cuda "
             "graphs only. Re-export with --backend torch-aot."
