@@ -237,12 +237,13 @@ def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: 
         shutil.copyfile(cached, out / rel)
         # This machine produced the graph (compiled it, or took it from the compile cache it was pointed
         # at): record its digest so the artifact loads here without a trust_remote_code consent.
-        record_trusted(sha256_file(out / rel), origin=f"neuron-export {__version__}: {name} of {options.model}")
+        digest = sha256_file(out / rel)
+        record_trusted(digest, origin=f"neuron-export {__version__}: {name} of {options.model}")
         seconds[name] = time.perf_counter() - t
         how = "compiled" if cache.stats.compiles > compiles_before else "from the compile cache"
         log(f"[{i}/{len(jobs)}] {name}: {how} in {seconds[name]:.1f} s")
         graphs[name] = GraphEntry(
-            file=rel, sha256=sha256_file(out / rel), role=role, bucket=bucket, rows=rows,
+            file=rel, sha256=digest, role=role, bucket=bucket, rows=rows,
             inputs=[TensorSpec(**s) for s in signature["inputs"]],
             outputs=[TensorSpec(**s) for s in signature["outputs"]],
             mutated_state=model.state_names(),

@@ -163,7 +163,7 @@ def load_aoti(file: Path, constants: Mapping[str, torch.Tensor], where: str) -> 
 def load_exported(file: Path, constants: Mapping[str, torch.Tensor], where: str) -> Graph:
     extra = {SIGNATURE_KEY: ""}
     program = torch.export.load(str(file), extra_files=extra)
-    signature = _signature_from({SIGNATURE_KEY: extra[SIGNATURE_KEY]} if extra[SIGNATURE_KEY] else {}, where)
+    signature = _signature_from({k: v for k, v in extra.items() if v}, where)  # an absent extra file stays ""
     check_constants(signature, constants, where)
     module = program.module()
     names = [n for n, _ in module.named_parameters(remove_duplicate=False)]

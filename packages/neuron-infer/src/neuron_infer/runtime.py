@@ -7,6 +7,7 @@ context-encoding graph of the smallest bucket that fits and writes that slot's c
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import threading
@@ -105,10 +106,7 @@ MAX_STATE_ELEMENTS = 1 << 36
 
 def _zeros_state(spec) -> torch.Tensor:
     dtype = getattr(torch, spec.dtype, None)
-    numel = 1
-    for d in spec.shape:
-        numel *= d
-    if not isinstance(dtype, torch.dtype) or numel > MAX_STATE_ELEMENTS:
+    if not isinstance(dtype, torch.dtype) or math.prod(spec.shape) > MAX_STATE_ELEMENTS:
         raise ArtifactError(f"neuron_config.json state '{spec.name}' = {spec.shape} {spec.dtype}: not a tensor this "
                             "runtime can allocate; re-export the model")
     return torch.zeros(spec.shape, dtype=dtype)
