@@ -3,7 +3,7 @@
 from neuron_infer.__about__ import __version__
 from neuron_infer.engine import Engine, EngineConfig, RequestParams
 from neuron_infer.modeling import NeuronModelForCausalLM
-from neuron_infer.runtime import DecoderRuntime
+from neuron_infer.runtime import DecoderRuntime, load_runtime
 from neuron_infer.sampling import SamplingParams
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "RequestParams",
     "SamplingParams",
     "__version__",
+    "load_runtime",
 ]

@@ -14,7 +14,7 @@ from neuron_cache import CONFIG_NAME, Artifact, NeuronConfig
 from neuron_cache.artifact import contained_path
 from neuron_infer.generation import generate
 from neuron_infer.generation_args import GenerationDefaults, GenerationSettings, check_inputs
-from neuron_infer.runtime import DecoderRuntime
+from neuron_infer.runtime import load_runtime
 
 
 class NeuronModelForCausalLM:
@@ -22,7 +22,7 @@ class NeuronModelForCausalLM:
 
     def __init__(self, artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):
         self.artifact = artifact
-        self.runtime = DecoderRuntime(artifact, trust_remote_code=trust_remote_code, origin=origin)
+        self.runtime = load_runtime(artifact, trust_remote_code=trust_remote_code, origin=origin)
         self.neuron_config: NeuronConfig = artifact.config
         # transformers' GenerationConfig and AutoConfig are built on first use, not here: importing
         # transformers costs ~2.5 s, half the load-to-first-token budget. generate() reads the few

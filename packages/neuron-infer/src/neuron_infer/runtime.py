@@ -266,3 +266,9 @@ class DecoderRuntime:
             args += [sampling, rand]
         with torch.no_grad():
             return self._decode(*args)[0]
+
+
+def load_runtime(artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):
+    """The runtime for an artifact: every caller (from_pretrained, the Engine, the vLLM worker, validation)
+    opens artifacts through here, so that a tensor-parallel artifact gets its rank processes."""
+    return DecoderRuntime(artifact, trust_remote_code=trust_remote_code, origin=origin)

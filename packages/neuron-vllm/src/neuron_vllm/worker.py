@@ -17,7 +17,7 @@ from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.worker.worker_base import CompilationTimes, WorkerBase
 
 from neuron_cache import Artifact
-from neuron_infer import DecoderRuntime
+from neuron_infer import load_runtime
 from neuron_infer.engine import BatchExecutor
 from neuron_vllm.runner import NeuronModelRunner
 
@@ -54,7 +54,7 @@ class NeuronWorker(WorkerBase):
         t = time.perf_counter()
         # vLLM's own --trust-remote-code is the consent to run an artifact's graphs that this machine did not
         # compile (neuron_cache.trust); without it such an artifact is refused before any of it is opened.
-        runtime = DecoderRuntime(Artifact.open(self.model_config.model),
+        runtime = load_runtime(Artifact.open(self.model_config.model),
                                  trust_remote_code=bool(self.model_config.trust_remote_code))
         self.runner = NeuronModelRunner(BatchExecutor(runtime))
         logger.info("neuron-vllm: loaded %s in %.1f s", self.model_config.model, time.perf_counter() - t)

@@ -35,7 +35,7 @@ from neuron_infer.engine.params import RequestParams
 from neuron_infer.engine.request import Completion, FinishReason, OutputCallback, RequestHandle, RequestOutput
 from neuron_infer.engine.sampler import TokenSampler
 from neuron_infer.engine.stopping import TextState
-from neuron_infer.runtime import DecoderRuntime
+from neuron_infer.runtime import DecoderRuntime, load_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Engine:
                       trust_remote_code: bool = False) -> Engine:
         """`tokenizer="auto"` loads the tokenizer files exported with the artifact, if there are any.
         `trust_remote_code`: consent to run graphs this machine did not compile (as NeuronModelForCausalLM)."""
-        runtime = DecoderRuntime(Artifact.open(path), trust_remote_code=trust_remote_code)
+        runtime = load_runtime(Artifact.open(path), trust_remote_code=trust_remote_code)
         if tokenizer == "auto":
             tokenizer = _artifact_tokenizer(Path(path))
         return cls(runtime, tokenizer, config)
