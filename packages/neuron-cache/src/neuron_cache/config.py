@@ -94,6 +94,9 @@ class GraphEntry:
     )
 
 
+SHARD_LAYOUTS = ("vocab", "partial")
+
+
 @dataclass(kw_only=True, slots=True)
 class ShardSpec:
     """How a parameter splits across tensor-parallel ranks.
@@ -109,12 +112,22 @@ class ShardSpec:
         default=None, metadata={"minimum": 1, "description": "each rank's slice of a segment must be a multiple of "
                                 "this (head_dim for attention projections, so no head is split across ranks)"},
     )
+    layout: str | None = field(
+        default=None, metadata={"enum": [*SHARD_LAYOUTS, None], "omit_default": True, "description": "vocab: vocabulary-parallel, each rank "
+                                "holds ceil(vocab/tp) rows plus one zero row that ids outside its range select; "
+                                "partial: rank 0 holds the tensor and the others zeros (the bias of a layer whose "
+                                "partial outputs are summed across ranks)"},
+    )
 
 
 @dataclass(kw_only=True, slots=True)
 class FileEntry:
     path: str = field(metadata={"pattern": _REL_PATH, "description": _REL_PATH_MEANING})
     sha256: str = field(metadata={"pattern": _SHA256, "description": _SHA256_MEANING})
+    rank: int | None = field(
+        default=None, metadata={"minimum": 0, "omit_default": True, "description": "the tensor-parallel rank whose shard this file holds; "
+                                "absent: every rank loads it"},
+    )
 
 
 # onednn_packed_linear: a weight reordered by oneDNN for `mkldnn._linear_pointwise` (args.batch_size:
@@ -231,6 +244,7 @@ class NeuronConfig:
             self._validate_graph(name, graph)
         if self.task == "text-generation":
             self._validate_decoder_graphs()
+        self._validate_rank_files()
         for name, spec in self.weights.sharding.items():
             if spec.segments is not None and spec.partition_dim is None:
                 raise NeuronConfigError(
@@ -238,6 +252,18 @@ class NeuronConfig:
                     allowed="null when partition_dim is null",
                     fix="set partition_dim, or drop segments for a replicated parameter",
                 )
+
+    def _validate_rank_files(self) -> None:
+        """Per-rank weight files: each rank 0..tp-1 exactly once, or none (every rank loads the same files)."""
+        tp = self.tensor_parallel_size
+        ranks = [f.rank for f in self.weights.files if f.rank is not None]
+        if not ranks:
+            return
+        if sorted(ranks) != list(range(tp)):
+            raise NeuronConfigError(
+                "weights.files[].rank", sorted(ranks), f"must name each rank of tensor_parallel_size={tp} once",
+                allowed=f"{list(range(tp))}", fix="re-export the model",
+            )
 
     @staticmethod
     def validate_shapes(

@@ -23,7 +23,7 @@ from neuron_cache.config import NeuronConfig, TensorSpec
 SIGNATURE_KEY = "neuron.signature"
 SIGNATURE_VERSION = 1
 # The config fields a single graph is compiled for (graph-level values such as the bucket are in `static` too).
-STATIC_FIELDS = ("batch_size", "sequence_length", "torch_dtype", "on_device_sampling", "max_topk")
+STATIC_FIELDS = ("batch_size", "sequence_length", "torch_dtype", "on_device_sampling", "max_topk", "tensor_parallel_size")
 
 
 class SignatureError(ValueError):

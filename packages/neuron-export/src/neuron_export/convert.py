@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
+from neuron_cache.config import SHARD_LAYOUTS
 from neuron_export.errors import MissingWeightsError
 from neuron_export.models.decoder import DecoderModel
 from neuron_export.models.llama import Llama
@@ -75,41 +76,77 @@ def convert_checkpoint(
 
 
 def sharding_plan(family: type[Llama], model: DecoderModel) -> dict[str, dict]:
-    """Our parameter name -> {"partition_dim": ..., "segments": ...} (neuron_cache ShardSpec fields)."""
+    """Our parameter name -> neuron_cache ShardSpec fields: partition_dim, segments, granule, layout."""
     plan = {}
     for name in parameter_names(model):
         template, _ = _template(name)
         dim, rule = family.SHARDING.get(template, (None, None))
-        plan[name] = {"partition_dim": dim, "segments": family.segments(rule, model.arch),
-                      "granule": family.granule(template, model.arch)}
+        layout = rule if rule in SHARD_LAYOUTS else None
+        plan[name] = {"partition_dim": dim, "segments": None if layout else family.segments(rule, model.arch),
+                      "granule": family.granule(template, model.arch), "layout": layout}
     return plan
 
 
 def shard(
-    tensor: torch.Tensor, partition_dim: int | None, segments: list[int] | None, tp: int, granule: int | None = None
+    tensor: torch.Tensor, partition_dim: int | None, segments: list[int] | None, tp: int, granule: int | None = None,
+    layout: str | None = None,
 ) -> list[torch.Tensor]:
-    """Split one parameter across `tp` ranks; each fused segment is split separately, in whole granules."""
+    """Split one parameter across `tp` ranks; each fused segment is split separately, in whole granules.
+
+    A segment of fewer granules than ranks (kv heads fewer than ranks) is replicated instead: rank r holds
+    granule r // (tp / granules), the one its q heads attend to. `layout` (neuron_cache SHARD_LAYOUTS):
+    "vocab" pads the rows to tp * ceil(rows / tp) and gives every rank one extra zero row; "partial" gives
+    rank 0 the tensor and the others zeros. See models/parallel.py.
+    """
+    if layout == "partial":
+        return [tensor] + [torch.zeros_like(tensor) for _ in range(tp - 1)]
     if partition_dim is None:
         return [tensor] * tp
+    if layout == "vocab":
+        rows = -(-tensor.shape[0] // tp)
+        padded = torch.cat([tensor, tensor.new_zeros(rows * tp - tensor.shape[0] + 1, *tensor.shape[1:])])
+        zero = padded[-1:]
+        return [torch.cat([padded[r * rows:(r + 1) * rows], zero]) for r in range(tp)]
     parts = list(tensor.split(segments, dim=partition_dim)) if segments else [tensor]
-    for part in parts:
-        size = part.shape[partition_dim]
-        if size % tp or (granule and (size // tp) % granule):
-            unit = f" in whole heads of {granule}" if granule else ""
-            raise ValueError(
-                f"cannot shard a size-{size} segment along dim {partition_dim} over tensor_parallel_size={tp}{unit}; "
-                "choose a tensor_parallel_size that divides it (kv heads fewer than ranks need replication)"
-            )
-    chunks = [p.chunk(tp, dim=partition_dim) for p in parts]
-    return [torch.cat([c[r] for c in chunks], dim=partition_dim) for r in range(tp)]
+    per_part = [_split_segment(part, partition_dim, tp, granule) for part in parts]
+    return [torch.cat([chunks[r] for chunks in per_part], dim=partition_dim) for r in range(tp)]
 
 
-def unshard(shards: list[torch.Tensor], partition_dim: int | None, segments: list[int] | None) -> torch.Tensor:
-    if partition_dim is None:
+def _split_segment(part: torch.Tensor, dim: int, tp: int, granule: int | None) -> list[torch.Tensor]:
+    size = part.shape[dim]
+    if size % tp == 0 and not (granule and (size // tp) % granule):
+        return list(part.chunk(tp, dim=dim))
+    units = size // granule if granule and size % granule == 0 else None
+    if units and tp % units == 0:  # replication: each granule on tp / units consecutive ranks
+        return [part.narrow(dim, (r // (tp // units)) * granule, granule) for r in range(tp)]
+    unit = f" in whole heads of {granule}" if granule else ""
+    raise ValueError(
+        f"cannot shard a size-{size} segment along dim {dim} over tensor_parallel_size={tp}{unit}; "
+        "choose a tensor_parallel_size that divides it (or, for kv heads, one it divides)"
+    )
+
+
+def unshard(shards: list[torch.Tensor], partition_dim: int | None, segments: list[int] | None,
+            layout: str | None = None, size: int | None = None) -> torch.Tensor:
+    """The inverse of `shard` (`size`: the original rows, for layout "vocab"). Replicated kv heads are not
+    supported here: nothing consolidates an inference artifact's shards."""
+    if partition_dim is None or layout == "partial":
         return shards[0]
     tp = len(shards)
+    if layout == "vocab":
+        return torch.cat([s[:-1] for s in shards])[:size]
     if not segments:
         return torch.cat(shards, dim=partition_dim)
     per_rank = [s // tp for s in segments]
     pieces = [list(s.split(per_rank, dim=partition_dim)) for s in shards]
     return torch.cat([torch.cat([p[j] for p in pieces], dim=partition_dim) for j in range(len(segments))], partition_dim)
+
+
+def rank_weights(tensors: dict[str, torch.Tensor], plan: dict[str, dict], tp: int, rank: int) -> dict[str, torch.Tensor]:
+    """`rank`'s share of every tensor the graphs bind (parameters by the plan; buffers replicated)."""
+    out = {}
+    for name, tensor in tensors.items():
+        spec = plan.get(name, {})
+        out[name] = shard(tensor, spec.get("partition_dim"), spec.get("segments"), tp, spec.get("granule"),
+                          spec.get("layout"))[rank].contiguous()
+    return out

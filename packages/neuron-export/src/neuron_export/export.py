@@ -12,7 +12,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,11 @@ from neuron_cache.store import CompileCache, graph_cache_key
 from neuron_cache.trust import record_trusted
 from neuron_export.__about__ import __version__
 from neuron_export.backends import GraphJob, check_target, get_backend
-from neuron_export.convert import sharding_plan, tied_aliases
+from neuron_export.convert import rank_weights, sharding_plan, tied_aliases
 from neuron_export.errors import ExportError, ShapeError, UnsupportedArchitectureError
 from neuron_export.models import family_for, supported_model_types
 from neuron_export.models.build import bind_checkpoint, build_decoder
+from neuron_export.models.parallel import local_token_rows, rank_arch, tracing_world
 from neuron_export.models.spec import StaticShapes
 from neuron_export.output import OutputPlan
 from neuron_export.source import load_config, load_gguf_model, load_state_dict, load_tokenizer, resolve
@@ -133,15 +134,21 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
         t = time.perf_counter()
         hf_model = load_gguf_model(source) if source.is_gguf else None
         hf_state = hf_model.state_dict() if hf_model is not None else load_state_dict(source)
-        family_, model = build_decoder(hf_config, shapes)
-        weights = bind_checkpoint(family_, model, hf_state)
+        tp = shapes.tensor_parallel_size
+        # The checkpoint converts into the whole model; with tensor parallelism the graphs are traced on rank 0's
+        # share of it (each rank's share goes into its own weights file).
+        family_, full = build_decoder(hf_config, replace(shapes, tensor_parallel_size=1))
+        weights = bind_checkpoint(family_, full, hf_state)
+        plan = sharding_plan(family_, full)
+        model = full if tp == 1 else _rank_model(hf_config, shapes, full, plan)
         log(f"Loaded and converted {len(weights)} tensors in {time.perf_counter() - t:.1f} s")
 
         (out / GRAPHS_DIR).mkdir()
         (out / WEIGHTS_DIR).mkdir()
-        graphs, compile_seconds = _compile_graphs(model, shapes, backend, target, options, out, log, cache)
+        with tracing_world(tp):
+            graphs, compile_seconds = _compile_graphs(model, shapes, backend, target, options, out, log, cache)
 
-        weight_file = _write_weights(model, out)
+        weight_files = _write_weights(model, out) if tp == 1 else _write_rank_weights(model, full, plan, tp, out)
         _copy_checkpoint_files(source, hf_config, out)
         config = NeuronConfig(
             schema_version=SCHEMA_VERSION,
@@ -164,8 +171,8 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
             target=Target(backend=backend.name, device=target, **backend.versions()),
             graphs=graphs,
             weights=WeightsSpec(
-                files=[FileEntry(path=weight_file, sha256=sha256_file(out / weight_file))],
-                sharding={k: ShardSpec(**v) for k, v in sharding_plan(family_, model).items()},
+                files=[FileEntry(path=f, sha256=sha256_file(out / f), rank=rank) for f, rank in weight_files],
+                sharding={k: ShardSpec(**v) for k, v in plan.items()},
                 aliases=tied_aliases(model),
                 derived={k: DerivedTensor(**v) for k, v in model.derived_constants().items()},
             ),
@@ -280,20 +287,46 @@ def _graph_shape_fields(shapes: StaticShapes) -> dict[str, Any]:
     graph for bucket 128 is the same whichever other buckets an export asks for."""
     return {"batch_size": shapes.batch_size, "sequence_length": shapes.sequence_length, "torch_dtype": shapes.dtype,
             "on_device_sampling": shapes.on_device_sampling, "max_topk": shapes.max_topk,
-            "tensor_parallel_size": 1, "prepacked_decode": shapes.prepacked_decode,
+            "tensor_parallel_size": shapes.tensor_parallel_size, "prepacked_decode": shapes.prepacked_decode,
             "prefill_upcast": shapes.prefill_upcast}
 
 
-def _write_weights(model, out: Path) -> str:
+def _bound_tensors(model) -> dict[str, torch.Tensor]:
     """Every constant the graphs bind except the KV cache: parameters (each tensor once) and rope tables."""
-    from safetensors.torch import save_file
-
     skip = set(model.state_names()) | set(model.derived_constants())  # runtime-allocated or runtime-derived
     tensors = {n: p.detach().contiguous() for n, p in model.named_parameters()}
     tensors.update({n: b.contiguous() for n, b in model.named_buffers() if n not in skip})
-    rel = f"{WEIGHTS_DIR}/model.safetensors"
+    return tensors
+
+
+def _save(tensors: dict[str, torch.Tensor], out: Path, rel: str) -> str:
+    from safetensors.torch import save_file
+
     save_file(tensors, str(out / rel), metadata={"format": "pt", "producer": f"neuron-export {__version__}"})
     return rel
+
+
+def _write_weights(model, out: Path) -> list[tuple[str, int | None]]:
+    return [(_save(_bound_tensors(model), out, f"{WEIGHTS_DIR}/model.safetensors"), None)]
+
+
+def _rank_model(hf_config, shapes: StaticShapes, full, plan: dict[str, dict]):
+    """Rank 0's share of the model, holding rank 0's weights: the module every rank's graphs are traced from."""
+    _, model = build_decoder(hf_config, shapes)
+    model.load_state_dict(rank_weights(_bound_tensors(full), plan, shapes.tensor_parallel_size, 0), strict=False)
+    return model
+
+
+def _write_rank_weights(model, full, plan: dict[str, dict], tp: int, out: Path) -> list[tuple[str, int | None]]:
+    """One file per rank, cut from the whole model by the sharding plan, plus each rank's own token map."""
+    tensors = _bound_tensors(full)
+    local_ids = set(_bound_tensors(model)) - set(tensors)  # rank-specific buffers (the embedding's token map)
+    files = []
+    for rank in range(tp):
+        shard = rank_weights(tensors, plan, tp, rank)
+        shard.update({n: local_token_rows(model.arch.vocab_size, tp, rank) for n in local_ids})
+        files.append((_save(shard, out, f"{WEIGHTS_DIR}/rank{rank}.safetensors"), rank))
+    return files
 
 
 def _copy_checkpoint_files(source, hf_config, out: Path) -> None:
@@ -370,11 +403,12 @@ def _shapes(options: ExportOptions, hf_config, dtype: str, prepacked: bool, upca
             f"--sequence_length {options.sequence_length} exceeds the model's max_position_embeddings ({max_pos}); "
             f"use --sequence_length <= {max_pos}"
         )
-    if options.tensor_parallel_size != 1:
-        raise ShapeError(
-            f"--tensor_parallel_size {options.tensor_parallel_size}: this backend runs graphs on one device; "
-            "the artifact records the sharding plan, but multi-rank execution needs the neuron backend. Use 1."
-        )
+    tp = options.tensor_parallel_size
+    if tp != 1:
+        try:
+            rank_arch(family_for(hf_config.model_type).arch(hf_config), tp)
+        except ValueError as err:
+            raise ShapeError(f"--tensor_parallel_size {tp}: {err}") from None
     # The artifact contract owns the shape rules; reuse them to report impossible shapes early.
     probe = {"batch_size": options.batch_size, "max_batch_size": options.batch_size,
              "sequence_length": options.sequence_length, "max_context_length": max_ctx, "context_buckets": buckets}
@@ -394,4 +428,5 @@ def _shapes(options: ExportOptions, hf_config, dtype: str, prepacked: bool, upca
     return StaticShapes(batch_size=options.batch_size, sequence_length=options.sequence_length,
                         decode_batches=list(decode_batches),
                         context_buckets=buckets, dtype=dtype, on_device_sampling=options.on_device_sampling,
-                        max_topk=options.max_topk, prepacked_decode=prepacked, prefill_upcast=upcast)
+                        max_topk=options.max_topk, prepacked_decode=prepacked, prefill_upcast=upcast,
+                        tensor_parallel_size=tp)

@@ -22,7 +22,7 @@ from neuron_cache.trust import check_graphs_trusted
 from neuron_infer.graphs import Graph, load_graph, plugin_loaders
 
 
-def check_compatible(config: NeuronConfig, root: Path) -> None:
+def check_compatible(config: NeuronConfig, root: Path, multi_rank: bool = False) -> None:
     """Refuse artifacts this runtime cannot run, naming what differs and the fix."""
     if config.task != "text-generation":
         raise ValueError(f"{root} holds a '{config.task}' artifact; NeuronModelForCausalLM runs 'text-generation'")
@@ -41,8 +41,26 @@ def check_compatible(config: NeuronConfig, root: Path) -> None:
             "graphs only. Re-export with --backend torch-aot."
         )
     _check_cpu_isa(config, root)
-    if config.tensor_parallel_size != 1:
-        raise RuntimeError(f"tensor_parallel_size={config.tensor_parallel_size} artifacts need a multi-rank runtime")
+    tp = config.tensor_parallel_size
+    if tp != 1 and not multi_rank and _world_size() != tp:
+        raise RuntimeError(
+            f"{root} is a tensor_parallel_size={tp} artifact: a DecoderRuntime runs one rank of it, in a process "
+            f"group of {tp} ranks. Open it with neuron_infer.load_runtime (or from_pretrained), which starts the ranks."
+        )
+
+
+def _world_size() -> int | None:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else None
+
+
+def _rank(config: NeuronConfig) -> int:
+    if config.tensor_parallel_size == 1:
+        return 0
+    import torch.distributed as dist
+
+    return dist.get_rank()
 
 
 # ATen's names for x86 vector ISAs, weakest first. Inductor compiles CPU graphs for the exporting
@@ -130,6 +148,7 @@ class DecoderRuntime:
             warnings.warn(f"{self.root}: running graphs not compiled on this machine ({', '.join(self.trust.untrusted)}) "
                           "because trust_remote_code=True", stacklevel=2)
         self.artifact = artifact
+        self.rank = _rank(self.config)  # which weights shard this process binds (0 without tensor parallelism)
         self.constants = self._load_constants()
         self._lock = threading.Lock()
         self._prefill: dict[int, Graph] = {}
@@ -145,7 +164,8 @@ class DecoderRuntime:
 
         constants: dict[str, torch.Tensor] = {}
         for f in self.config.weights.files:
-            constants.update(load_file(self.artifact.path(f.path)))
+            if f.rank is None or f.rank == self.rank:
+                constants.update(load_file(self.artifact.path(f.path)))
         for alias, name in self.config.weights.aliases.items():
             if name not in constants:
                 raise ArtifactError(f"neuron_config.json weights.aliases.{alias} names '{name}', which no weights file "
@@ -271,4 +291,12 @@ class DecoderRuntime:
 def load_runtime(artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):
     """The runtime for an artifact: every caller (from_pretrained, the Engine, the vLLM worker, validation)
     opens artifacts through here, so that a tensor-parallel artifact gets its rank processes."""
+    tp = artifact.config.tensor_parallel_size
+    if tp != 1:
+        from neuron_infer.parallel import MultiRankRuntime, joined_world
+
+        check_compatible(artifact.config, artifact.root, multi_rank=True)
+        if not joined_world(tp, artifact.config.target.device):
+            return MultiRankRuntime(artifact, trust_remote_code=trust_remote_code, origin=origin)
+        # Under torchrun with one process per rank: this process runs its own rank, SPMD.
     return DecoderRuntime(artifact, trust_remote_code=trust_remote_code, origin=origin)

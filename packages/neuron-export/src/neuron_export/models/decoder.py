@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuron_export.models.linear import PACK_OP, Linear
+from neuron_export.models.parallel import all_gather_last, all_reduce, local_token_rows, rank_arch, vocab_shard_rows
 from neuron_export.models.sampling import sample_on_device
 from neuron_export.models.spec import DecoderArch, StaticShapes
 
@@ -51,9 +52,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
+    """`arch` is what one rank runs (`rank_arch`): its share of the heads; o_proj's outputs are summed over ranks."""
+
     def __init__(self, arch: DecoderArch, shapes: StaticShapes, layer: int):
         super().__init__()
-        self.arch, self.layer = arch, layer
+        self.arch, self.layer, self.tp = arch, layer, shapes.tensor_parallel_size
         hd, nh, nkv = arch.head_dim, arch.num_heads, arch.num_kv_heads
         self.qkv_proj = Linear(arch.hidden_size, (nh + 2 * nkv) * hd, bias=arch.qkv_bias)
         self.o_proj = Linear(nh * hd, arch.hidden_size, bias=arch.o_bias)
@@ -91,7 +94,7 @@ class Attention(nn.Module):
         scores = scores.view(B, a.num_kv_heads, groups, T, -1).masked_fill(~mask[:, None, None], float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).view(B, a.num_kv_heads, groups * T, -1)
         out = torch.matmul(probs, v).view(B, a.num_heads, T, hd)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, a.num_heads * hd))
+        return all_reduce(self.o_proj(out.transpose(1, 2).reshape(B, T, a.num_heads * hd)), self.tp)
 
     def context_encoding(self, x, cos, sin, seq_id, mask):
         q, k, v = self.project(x, cos, sin)
@@ -118,8 +121,9 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, arch: DecoderArch):
+    def __init__(self, arch: DecoderArch, tp: int = 1):
         super().__init__()
+        self.tp = tp
         self.intermediate = arch.intermediate_size
         self.gate_up_proj = Linear(arch.hidden_size, 2 * arch.intermediate_size, bias=arch.mlp_bias)
         self.down_proj = Linear(arch.intermediate_size, arch.hidden_size, bias=arch.mlp_bias)
@@ -127,7 +131,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(self.act(gate) * up)
+        return all_reduce(self.down_proj(self.act(gate) * up), self.tp)
 
 
 class DecoderLayer(nn.Module):
@@ -137,7 +141,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.attn = Attention(arch, shapes, layer)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.mlp = MLP(arch)
+        self.mlp = MLP(arch, shapes.tensor_parallel_size)
 
     def forward(self, x: torch.Tensor, attn_fn) -> torch.Tensor:
         x = x + attn_fn(self.attn, self.input_layernorm(x)) * self.residual_multiplier
@@ -154,10 +158,17 @@ class DecoderModel(nn.Module):
         self.arch, self.shapes = arch, shapes
         self._role = "token_generation"
         self.decode_rows: int | None = None  # set (with role token_generation) to trace a sub-batch graph
-        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(arch, shapes, i) for i in range(arch.num_layers))
+        # A rank's share of the model (all of it at tensor_parallel_size 1); see parallel.py.
+        self.tp = tp = shapes.tensor_parallel_size
+        local = rank_arch(arch, tp)
+        # Vocabulary-parallel embedding and head: this rank's rows plus one zero row (see parallel.py).
+        rows = arch.vocab_size if tp == 1 else vocab_shard_rows(arch.vocab_size, tp) + 1
+        self.embed_tokens = nn.Embedding(rows, arch.hidden_size)
+        if tp > 1:  # per rank: token id -> row of this shard (rank 0's values here; each rank's file has its own)
+            self.embed_tokens.register_buffer("local_ids", local_token_rows(arch.vocab_size, tp, 0))
+        self.layers = nn.ModuleList(DecoderLayer(local, shapes, i) for i in range(arch.num_layers))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.lm_head = Linear(arch.hidden_size, arch.vocab_size, bias=False)
+        self.lm_head = Linear(arch.hidden_size, rows, bias=False)
         if arch.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         rot = arch.rotary_dim or arch.head_dim
@@ -249,14 +260,21 @@ class DecoderModel(nn.Module):
             out.append(cache[window])
         return out
 
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.tp == 1:
+            return self.embed_tokens(input_ids)
+        return all_reduce(self.embed_tokens(self.embed_tokens.local_ids[input_ids]), self.tp)
+
     def _run_layers(self, input_ids: torch.Tensor, attn_fn) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids) * self.arch.embedding_multiplier
+        hidden = self._embed(input_ids) * self.arch.embedding_multiplier
         for layer in self.layers:
             hidden = layer(hidden, attn_fn)
         return self.norm(hidden)
 
     def _head(self, hidden: torch.Tensor, sampling_params, rand) -> torch.Tensor:
         logits = self.lm_head(hidden).float()
+        if self.tp > 1:  # this rank's vocabulary rows, without the zero row, gathered; the padding cut off
+            logits = all_gather_last(logits[:, :-1], self.tp)[:, : self.arch.vocab_size]
         if self.arch.logits_divisor != 1.0:
             logits = logits / self.arch.logits_divisor
         if self.shapes.on_device_sampling:

@@ -38,16 +38,19 @@ class Llama:
         "lm_head.weight": ("lm_head.weight",),
     }
 
-    # partition_dim, and the name of the fused-segment rule (see `segments`); None: replicated.
+    # partition_dim, and the name of the fused-segment rule (see `segments`) or of a layout (neuron_cache
+    # SHARD_LAYOUTS: "vocab", "partial"); absent: replicated. models/parallel.py says why each is so.
     SHARDING: ClassVar[dict[str, tuple[int | None, str | None]]] = {
-        "embed_tokens.weight": (0, None),  # vocabulary-parallel
+        "embed_tokens.weight": (0, "vocab"),
         "layers.{i}.attn.qkv_proj.weight": (0, "qkv"),
         "layers.{i}.attn.qkv_proj.bias": (0, "qkv"),
         "layers.{i}.attn.o_proj.weight": (1, None),
+        "layers.{i}.attn.o_proj.bias": (None, "partial"),
         "layers.{i}.mlp.gate_up_proj.weight": (0, "gate_up"),
         "layers.{i}.mlp.gate_up_proj.bias": (0, "gate_up"),
         "layers.{i}.mlp.down_proj.weight": (1, None),
-        "lm_head.weight": (0, None),
+        "layers.{i}.mlp.down_proj.bias": (None, "partial"),
+        "lm_head.weight": (0, "vocab"),
     }
 
     @classmethod

@@ -69,6 +69,8 @@ class StaticShapes:
     # Extra token-generation graphs over a subset of the slots (seq_ids input), each smaller than
     # batch_size: with few live sequences, a step costs what those rows cost, not the whole batch.
     decode_batches: list[int] = field(default_factory=list)
+    # Ranks the graphs run on: each graph is one rank's share with its collectives inside (models/parallel.py).
+    tensor_parallel_size: int = 1
 
     @property
     def max_context_length(self) -> int:
