@@ -3,7 +3,8 @@
 Design (which sibling each package may use):
 
     neuron-cache   no sibling, never torch (the contract must load on any machine)
-    neuron-export  neuron-cache
+    neuron-export  neuron-cache; neuron-infer only as the optional extra `validate`, imported lazily inside a
+                   function guarded by `except ImportError` (validation runs in neuron-infer's runtime)
     neuron-infer   neuron-cache; neuron_export only lazily, inside a function (`export=True`)
     neuron-train   neuron-cache (optional)
     neuron-vllm    neuron-infer, neuron-cache; imports vllm but never declares it
@@ -45,7 +46,10 @@ ALLOWED_SIBLINGS = {
     "neuron_train": {"neuron_cache"},
     "neuron_vllm": {"neuron_infer", "neuron_cache"},
 }
-LAZY_SIBLINGS = {"neuron_infer": {"neuron_export"}}  # the one function-level exception
+# Function-level exceptions. neuron-export's import of neuron_infer must also be guarded (`except ImportError`):
+# neuron-infer is only its optional extra.
+LAZY_SIBLINGS = {"neuron_infer": {"neuron_export"}, "neuron_export": {"neuron_infer"}}
+OPTIONAL_SIBLINGS = {"neuron-export": {"validate": "neuron-infer"}}  # declared in that extra only
 REQUIRED = {
     "neuron-cache": {"huggingface-hub", "filelock", "click"},
     "neuron-export": {"neuron-cache", "click", "torch", "transformers", "safetensors"},
@@ -55,7 +59,7 @@ REQUIRED = {
 }
 FORBIDDEN = {  # never declared, neither in dependencies nor in any extra
     "neuron-cache": {"torch", "transformers", "safetensors", "neuronx-distributed", *DISTS} - {"neuron-cache"},
-    "neuron-export": {"neuron-infer", "neuron-train", "neuron-vllm"},
+    "neuron-export": {"neuron-train", "neuron-vllm"},  # neuron-infer: OPTIONAL_SIBLINGS
     "neuron-infer": {"neuron-export", "neuron-train", "neuron-vllm"},
     "neuron-train": {"neuron-export", "neuron-infer", "neuron-vllm"},
     "neuron-vllm": {"neuron-export", "neuron-train"},
@@ -103,6 +107,16 @@ def test_declared_dependencies_follow_the_design(dist: str) -> None:
     allowed = {DIST_OF[m] for m in ALLOWED_SIBLINGS[MODULE[dist]]}
     siblings = declared & set(DISTS)
     assert siblings <= allowed, f"{dist} depends on {sorted(siblings - allowed)}; the design allows {sorted(allowed)}"
+
+
+def test_neuron_export_declares_neuron_infer_only_as_its_validate_extra() -> None:
+    for dist, extras in OPTIONAL_SIBLINGS.items():
+        optional = pyproject(dist)["project"].get("optional-dependencies", {})
+        for extra, sibling in extras.items():
+            assert sibling not in names(requirements(dist, extras=False)), f"{dist} must not require {sibling}"
+            assert sibling in names([Requirement(r) for r in optional.get(extra, [])]), f"{dist}[{extra}] must declare {sibling}"
+            others = {e for e, group in optional.items() if e != extra and sibling in names([Requirement(r) for r in group])}
+            assert not others, f"{dist} declares {sibling} in extras {sorted(others)}; only [{extra}] may"
 
 
 def test_torch_never_appears_in_neuron_cache() -> None:
@@ -216,7 +230,20 @@ def test_sibling_imports_follow_the_design(module: str) -> None:
         if imp.top not in allowed:
             level = "function" if imp.function_level else "module"
             bad.append(f"{imp.where}: {level}-level import of {imp.top}")
+        elif imp.top in optional_modules(module) and not imp.guarded:
+            bad.append(f"{imp.where}: {imp.top} is an optional extra of {DIST_OF[module]}: guard its import with "
+                       "`except ImportError` and go on without it")
     assert not bad, f"{module} may import only {sorted(ALLOWED_SIBLINGS[module])} at module level:\n" + "\n".join(bad)
+
+
+def optional_modules(module: str) -> set[str]:
+    return {MODULE[d] for d in OPTIONAL_SIBLINGS.get(DIST_OF[module], {}).values()}
+
+
+def test_neuron_export_imports_neuron_infer_only_lazily_and_guarded() -> None:
+    found = [i for i in imports_of("neuron_export") if i.top == "neuron_infer"]
+    assert found, "neuron-export no longer validates through neuron-infer: update OPTIONAL_SIBLINGS"
+    assert all(i.function_level and i.guarded for i in found), found
 
 
 def test_neuron_cache_never_imports_torch() -> None:
@@ -297,6 +324,18 @@ def test_neuron_export_cli_help_imports_nothing_heavy() -> None:
     )
     assert "Usage:" in result["stdout"], result["stdout"]
     assert result["heavy"] == [], f"`neuron-export --help` imported {result['heavy']}: move those imports into the command"
+
+
+def test_neuron_infer_cli_declares_its_script_and_imports_nothing_heavy_itself() -> None:
+    """(Importing the neuron_infer package loads torch, through its __init__; the command module itself imports
+    torch and transformers only when a command runs.)"""
+    assert pyproject("neuron-infer")["project"]["scripts"]["neuron-infer"] == "neuron_infer.cli:main"
+    path = REPO / "packages" / "neuron-infer" / "src" / "neuron_infer" / "cli.py"
+    collector = _ImportCollector(str(path))
+    collector.visit(ast.parse(path.read_text()))
+    heavy = [i.where for i in collector.found if i.top in HEAVY and not i.function_level]
+    assert not heavy, f"module-level heavy imports in neuron_infer/cli.py: {heavy}"
+    assert any(i.top == "transformers" and i.function_level for i in collector.found), "control: the collector sees it"
 
 
 def test_neuron_export_console_script_answers_fast() -> None:

@@ -1,5 +1,5 @@
-"""Helpers shared by tests/export: the export shapes, compiled artifacts run graph by graph, and transformers'
-eager model as the reference (tiny random checkpoints come from tests/support/tiny.py).
+"""Helpers shared by tests/export: the export shapes, artifacts opened with neuron-infer's runtime, and
+transformers' eager model as the reference (tiny random checkpoints come from tests/support/tiny.py).
 
 Everything numeric is compared with transformers, never with neuron-export's own eager module.
 """
@@ -7,16 +7,13 @@ Everything numeric is compared with transformers, never with neuron-export's own
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import support.tiny
 import torch
 
-from neuron_cache import NeuronConfig
-from neuron_export.backends import get_backend
-from neuron_export.validate import load_constants
+from neuron_cache import Artifact
+from neuron_infer.runtime import DecoderRuntime, load_runtime
 
 SEQUENCE_LENGTH = 48
 BUCKETS = [16, 32]
@@ -34,46 +31,15 @@ export_tiny = functools.partial(support.tiny.export_tiny, batch_size=BATCH, sequ
                                 disable_validation=True, disable_neuron_cache=True)
 
 
-@dataclass
-class CompiledArtifact:
-    """The compiled graphs of an artifact, bound to one shared set of constants (weights + KV cache)."""
+def open_runtime(root: Path) -> DecoderRuntime:
+    """neuron-infer's runtime over an exported artifact: tests run graphs the way every consumer does."""
+    return load_runtime(Artifact.open(root))
 
-    root: Path
-    config: NeuronConfig
-    constants: dict[str, torch.Tensor]
-    graphs: dict[str, Callable[..., list[torch.Tensor]]]
 
-    @classmethod
-    def open(cls, root: Path) -> CompiledArtifact:
-        config = NeuronConfig.load(root)
-        constants = load_constants(root, config)
-        backend = get_backend(config.target.backend)
-        graphs = {name: backend.load(root / g.file, constants) for name, g in config.graphs.items()}
-        return cls(root=root, config=config, constants=constants, graphs=graphs)
-
-    def reset(self) -> None:
-        for spec in self.config.state:
-            self.constants[spec.name].zero_()
-
-    def prefill(self, prompt: list[int], slot: int, sampling: torch.Tensor | None = None,
-                rand: float = 0.0, pad_id: int = 3) -> torch.Tensor:
-        """One prompt into KV slot `slot`: logits (vocab,) at its last token, or the sampled token (scalar)."""
-        n = len(prompt)
-        bucket = min(b for b in self.config.context_buckets if b >= n)  # the smallest bucket that holds it
-        ids = torch.full((1, bucket), pad_id, dtype=torch.long)
-        ids[0, :n] = torch.tensor(prompt)
-        extra = () if sampling is None else (sampling.view(1, 3).float(), torch.tensor([rand]))
-        with torch.no_grad():
-            out = self.graphs[f"context_encoding_{bucket}"](ids, torch.tensor([slot]), torch.tensor([n - 1]), *extra)
-        return out[0][0]
-
-    def decode(self, tokens: list[int], positions: list[int], sampling: torch.Tensor | None = None,
-               rand: list[float] | None = None) -> torch.Tensor:
-        """One token per slot at its own position: logits (batch, vocab), or tokens (batch,)."""
-        ids = torch.tensor(tokens, dtype=torch.long).view(-1, 1)
-        extra = () if sampling is None else (sampling.float(), torch.tensor(rand, dtype=torch.float32))
-        with torch.no_grad():
-            return self.graphs["token_generation"](ids, torch.tensor(positions, dtype=torch.long), *extra)[0]
+def reset_kv(runtime: DecoderRuntime) -> None:
+    """Zero the KV cache (the state every graph of the runtime shares), as a fresh load would have it."""
+    for spec in runtime.config.state:
+        runtime.constants[spec.name].zero_()
 
 
 def greedy_reference(hf_model: torch.nn.Module, prompt: list[int], steps: int) -> tuple[list[int], torch.Tensor]:

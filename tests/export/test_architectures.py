@@ -23,13 +23,16 @@ from export_testlib import (
     BUCKETS,
     COMMON_CONFIG,
     SEQUENCE_LENGTH,
-    CompiledArtifact,
     assert_logits_close,
     export_tiny,
     greedy_reference,
+    open_runtime,
     prompt_ids,
+    reset_kv,
 )
 from support.tiny import save_tiny_checkpoint, tiny_hf_model
+
+from neuron_infer.runtime import DecoderRuntime
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
@@ -105,7 +108,7 @@ CASES = {
 class Exported:
     name: str
     hf: torch.nn.Module
-    artifact: CompiledArtifact
+    artifact: DecoderRuntime
     vocab: int
 
 
@@ -115,7 +118,7 @@ def exported(request, tmp_path_factory) -> Exported:
     config = CASES[name].config()
     tmp = tmp_path_factory.mktemp(name)
     hf = save_tiny_checkpoint(config, tmp / "checkpoint", seed=len(name))
-    artifact = CompiledArtifact.open(export_tiny(tmp / "checkpoint", tmp / "artifact"))
+    artifact = open_runtime(export_tiny(tmp / "checkpoint", tmp / "artifact"))
     assert artifact.config.model_type == config.model_type
     return Exported(name=name, hf=hf, artifact=artifact, vocab=config.vocab_size)
 
@@ -128,13 +131,13 @@ def _bucket_edge_lengths() -> list[int]:
 @pytest.mark.parametrize("length", _bucket_edge_lengths())
 def test_prefill_at_bucket_edges(exported: Exported, length: int):
     art = exported.artifact
-    art.reset()
+    reset_kv(art)
     prompt = prompt_ids(length, exported.vocab, seed=length)
     _, ref = greedy_reference(exported.hf, prompt, steps=0)
-    assert_logits_close(art.prefill(prompt, slot=0), ref[0], f"{exported.name} prefill of {length} tokens")
+    assert_logits_close(art.prefill(torch.tensor(prompt), slot=0), ref[0], f"{exported.name} prefill of {length} tokens")
 
 
-def decode_and_compare(art: CompiledArtifact, hf: torch.nn.Module, prompts: dict[int, list[int]], steps: int,
+def decode_and_compare(art: DecoderRuntime, hf: torch.nn.Module, prompts: dict[int, list[int]], steps: int,
                        what: str, after_prefill=None) -> None:
     """Prefill each slot's prompt (in the order given), then decode all slots together, teacher-forced.
 
@@ -143,9 +146,9 @@ def decode_and_compare(art: CompiledArtifact, hf: torch.nn.Module, prompts: dict
     """
     batch = art.config.batch_size
     refs = {slot: greedy_reference(hf, prompt, steps) for slot, prompt in prompts.items()}
-    art.reset()
+    reset_kv(art)
     for slot, prompt in prompts.items():
-        logits = art.prefill(prompt, slot=slot)
+        logits = art.prefill(torch.tensor(prompt), slot=slot)
         assert_logits_close(logits, refs[slot][1][0], f"{what}: prefill of slot {slot} ({len(prompt)} tokens)")
     if after_prefill is not None:
         after_prefill(art)
@@ -154,7 +157,7 @@ def decode_and_compare(art: CompiledArtifact, hf: torch.nn.Module, prompts: dict
         for slot, prompt in prompts.items():
             tokens[slot] = refs[slot][0][step]
             positions[slot] = len(prompt) + step
-        logits = art.decode(tokens, positions)
+        logits = art.decode(torch.tensor(tokens), torch.tensor(positions))
         for slot in prompts:
             assert_logits_close(logits[slot], refs[slot][1][step + 1],
                                 f"{what}: slot {slot} decode step {step + 1} (position {positions[slot]})")
@@ -214,7 +217,7 @@ def test_sanity_clobbered_slot_fails(exported: Exported):
     short = prompt_ids(9, llama.vocab, seed=12)
     long_ = prompt_ids(20, llama.vocab, seed=11)
 
-    def clobber_slot_1(art: CompiledArtifact) -> None:
+    def clobber_slot_1(art: DecoderRuntime) -> None:
         for spec in art.config.state:
             art.constants[spec.name][1, :, 4] = 0.5  # one earlier position of slot 1
 
@@ -228,9 +231,9 @@ def test_sanity_wrong_position_fails(exported: Exported):
     art = llama.artifact
     prompt = prompt_ids(10, llama.vocab, seed=5)
     tokens, ref = greedy_reference(llama.hf, prompt, steps=1)
-    art.reset()
-    art.prefill(prompt, slot=0)
-    logits = art.decode([tokens[0], 0], [len(prompt) + 1, 0])  # one position too far
+    reset_kv(art)
+    art.prefill(torch.tensor(prompt), slot=0)
+    logits = art.decode(torch.tensor([tokens[0], 0]), torch.tensor([len(prompt) + 1, 0]))  # one position too far
     with pytest.raises(AssertionError):
         assert_logits_close(logits[0], ref[1], "wrong position")
 
@@ -244,7 +247,7 @@ def test_torch_aot_llama_prefill_and_decode(tmp_path: Path):
     hf = save_tiny_checkpoint(config, tmp_path / "checkpoint", seed=1)
     root = export_tiny(tmp_path / "checkpoint", tmp_path / "artifact", backend="torch-aot",
                        max_context_length=BUCKETS[0], context_buckets=[BUCKETS[0]])
-    art = CompiledArtifact.open(root)
+    art = open_runtime(root)
     assert art.config.target.backend == "torch-aot"
     assert all(g.file.endswith(".pt2") for g in art.config.graphs.values())
     prompt = prompt_ids(BUCKETS[0] - 3, config.vocab_size, seed=2)

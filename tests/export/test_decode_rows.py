@@ -13,10 +13,10 @@ import torch
 import transformers
 from export_testlib import (
     COMMON_CONFIG,
-    CompiledArtifact,
     assert_logits_close,
     export_tiny,
     greedy_reference,
+    open_runtime,
     prompt_ids,
 )
 from support.tiny import save_tiny_checkpoint
@@ -62,21 +62,22 @@ def test_default_is_one_row_graph_for_batches_above_one(tmp_path):
 
 def test_subsets_of_slots_decode_like_transformers_and_leave_the_others_alone(setup):
     hf_model, root = setup
-    art = CompiledArtifact.open(root)
+    runtime = open_runtime(root)
     prompts = [prompt_ids(n, COMMON_CONFIG["vocab_size"], seed=n) for n in (5, 9, 13, 7)]
     refs = [greedy_reference(hf_model, p, 2 * STEPS) for p in prompts]  # (tokens, logits) per slot
     done = [0] * BATCH  # decode steps each slot has taken
     for slot, prompt in enumerate(prompts):
-        assert_logits_close(art.prefill(prompt, slot), refs[slot][1][0], f"prefill slot {slot}")
+        assert_logits_close(runtime.prefill(torch.tensor(prompt), slot), refs[slot][1][0], f"prefill slot {slot}")
 
     def step(graph: str, slots: list[int]) -> None:
-        tokens = [refs[s][0][done[s]] for s in slots]
-        positions = [len(prompts[s]) + done[s] for s in slots]
-        args = [torch.tensor(tokens).view(-1, 1), torch.tensor(positions)]
-        if graph != "token_generation":
-            args.append(torch.tensor(slots))
-        with torch.no_grad():
-            logits = art.graphs[graph](*args)[0]
+        tokens = torch.tensor([refs[s][0][done[s]] for s in slots])
+        positions = torch.tensor([len(prompts[s]) + done[s] for s in slots])
+        if graph == "token_generation":  # the full batch, slot i in row i
+            assert slots == list(range(BATCH))
+            logits = runtime.decode(tokens, positions)
+        else:  # the runtime picks the smallest sub-batch graph that holds the slots: this one
+            assert runtime.config.graphs[graph].rows == runtime.rows_for(len(slots)) == len(slots)
+            logits = runtime.decode_slots(slots, tokens, positions)
         for i, s in enumerate(slots):
             done[s] += 1
             assert_logits_close(logits[i], refs[s][1][done[s]], f"{graph} slot {s} step {done[s]}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from export_testlib import BUCKETS, COMMON_CONFIG, CompiledArtifact, export_tiny, prompt_ids
+from export_testlib import BUCKETS, COMMON_CONFIG, export_tiny, open_runtime, prompt_ids
 from support.tiny import save_tiny_checkpoint
 
 from neuron_cache import NeuronConfig
@@ -59,13 +59,13 @@ def test_bf16_matches_transformers(checkpoint, tmp_path, upcast):
     root = export_tiny(directory, tmp_path / "art", torch_dtype="bfloat16", prefill_upcast=upcast)
     config = NeuronConfig.load(root)
     assert config.metadata["prefill_matmul_dtype"] == ("float32" if upcast else "bfloat16")
-    art = CompiledArtifact.open(root)
+    art = open_runtime(root)
 
     prompt = prompt_ids(PROMPT_LEN, COMMON_CONFIG["vocab_size"], seed=3)
     ref32 = hf_logits(hf32, prompt)
     ref16 = hf_logits(hf16, prompt)
     scale = ref32.abs().max().item()
-    ours = art.prefill(prompt, slot=1).float()
+    ours = art.prefill(torch.tensor(prompt), slot=1).float()
     hf_err = (ref16[-1] - ref32[-1]).abs().max().item()
     our_err = (ours - ref32[-1]).abs().max().item()
     # Both carry only bf16 rounding: ours may differ in summation order, not in precision.
@@ -75,7 +75,7 @@ def test_bf16_matches_transformers(checkpoint, tmp_path, upcast):
     seq = [*prompt, int(ref32[-1].argmax())]
     for step in range(DECODE_STEPS):
         pos = len(seq) - 1
-        logits = art.decode([0, seq[-1]], [0, pos])[1].float()
+        logits = art.decode(torch.tensor([0, seq[-1]]), torch.tensor([0, pos]))[1].float()
         r32, r16 = hf_logits(hf32, seq)[-1], hf_logits(hf16, seq)[-1]
         hf_step = (r16 - r32).abs().max().item()
         ours_step = (logits - r32).abs().max().item()

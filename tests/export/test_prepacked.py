@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from export_testlib import COMMON_CONFIG, CompiledArtifact, export_tiny, greedy_reference, prompt_ids
+from export_testlib import COMMON_CONFIG, export_tiny, greedy_reference, open_runtime, prompt_ids
 from safetensors import safe_open
 from support.tiny import save_tiny_checkpoint
 
@@ -62,14 +62,14 @@ def test_no_prepack_weights_gives_the_same_tokens_without_packing(checkpoint, tm
     config = NeuronConfig.load(plain)
     assert config.weights.derived == {}
     assert torch.ops.mkldnn._linear_pointwise.default not in ops_in(plain / config.graphs["token_generation"].file)
-    packed = CompiledArtifact.open(export_tiny(directory, tmp_path / "packed"))
-    unpacked = CompiledArtifact.open(plain)
+    packed = open_runtime(export_tiny(directory, tmp_path / "packed"))
+    unpacked = open_runtime(plain)
     prompt = prompt_ids(11, COMMON_CONFIG["vocab_size"], seed=5)
     expected, _ = greedy_reference(hf_model, prompt, steps=6)
-    for art in (packed, unpacked):
-        tokens = [int(art.prefill(prompt, slot=0).argmax())]
+    for runtime in (packed, unpacked):
+        tokens = [int(runtime.prefill(torch.tensor(prompt), slot=0).argmax())]
         for step in range(6):
-            logits = art.decode([tokens[-1], 0], [len(prompt) + step, 0])
+            logits = runtime.decode(torch.tensor([tokens[-1], 0]), torch.tensor([len(prompt) + step, 0]))
             tokens.append(int(logits[0].argmax()))
         assert tokens == expected
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from export_testlib import BATCH, CompiledArtifact, export_tiny, greedy_reference, prompt_ids
+from export_testlib import BATCH, export_tiny, greedy_reference, open_runtime, prompt_ids, reset_kv
+
+from neuron_infer.runtime import DecoderRuntime
 
 MAX_TOPK = 64  # below the vocabulary (151): the graph's top-k is a real cut
 # (top_k, top_p, temperature); top-k binding, top-p binding, both, and a hot temperature
@@ -29,7 +31,7 @@ STATES = 4  # prefill, then 3 decode steps: where the sampler is checked
 
 @dataclass
 class Sampled:
-    artifact: CompiledArtifact
+    artifact: DecoderRuntime
     hf: torch.nn.Module
     prompts: dict[int, list[int]]  # slot -> prompt
 
@@ -40,7 +42,7 @@ def sampled(tiny_llama_dir: Path, tmp_path_factory) -> Sampled:
 
     root = export_tiny(tiny_llama_dir, tmp_path_factory.mktemp("sampling") / "artifact", on_device_sampling=True,
                        max_topk=MAX_TOPK)
-    art = CompiledArtifact.open(root)
+    art = open_runtime(root)
     assert art.config.on_device_sampling and art.config.max_topk == MAX_TOPK
     assert all(o.name == "tokens" for g in art.config.graphs.values() for o in g.outputs)
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="eager", dtype=torch.float32).eval()
@@ -102,7 +104,7 @@ def draws(sampled: Sampled) -> list[Draw]:
     same state rewrites the same KV entries, so many probes can share one state."""
     art = sampled.artifact
     refs = {slot: greedy_reference(sampled.hf, p, STATES - 1) for slot, p in sampled.prompts.items()}
-    art.reset()
+    reset_kv(art)
     out: list[Draw] = []
     for state in range(STATES):
         for i, params in enumerate(PARAMS):
@@ -111,12 +113,13 @@ def draws(sampled: Sampled) -> list[Draw]:
             for j in range(max(len(v) for v in row_rands.values())):
                 rand = {r: row_rands[r][min(j, len(row_rands[r]) - 1)] for r in (0, 1)}
                 if state == 0:
-                    tokens = {r: int(art.prefill(sampled.prompts[r], slot=r, sampling=torch.tensor(row_params[r]),
-                                                 rand=rand[r])) for r in (0, 1)}
+                    tokens = {r: int(art.prefill(torch.tensor(sampled.prompts[r]), r, torch.tensor(row_params[r]),
+                                                 torch.tensor([rand[r]]))) for r in (0, 1)}
                 else:
                     sampling = torch.tensor([row_params[0], row_params[1]], dtype=torch.float32)
-                    got = art.decode([refs[r][0][state - 1] for r in (0, 1)],
-                                     [len(sampled.prompts[r]) + state - 1 for r in (0, 1)], sampling, [rand[0], rand[1]])
+                    got = art.decode(torch.tensor([refs[r][0][state - 1] for r in (0, 1)]),
+                                     torch.tensor([len(sampled.prompts[r]) + state - 1 for r in (0, 1)]), sampling,
+                                     torch.tensor([rand[0], rand[1]], dtype=torch.float32))
                     tokens = {r: int(got[r]) for r in (0, 1)}
                 out += [Draw(state, r, refs[r][1][state], row_params[r], rand[r], tokens[r]) for r in (0, 1)]
     return out
@@ -131,14 +134,14 @@ def test_top_k_1_is_transformers_argmax(sampled: Sampled):
     refs = {slot: greedy_reference(sampled.hf, p, steps) for slot, p in sampled.prompts.items()}
     greedy = {0: (1.0, 0.3, 0.7), 1: (1.0, 1.0, 1.0)}
     gen = torch.Generator().manual_seed(0)
-    art.reset()
+    reset_kv(art)
     for slot, prompt in sampled.prompts.items():
-        token = art.prefill(prompt, slot=slot, sampling=torch.tensor(greedy[slot]), rand=torch.rand(1, generator=gen).item())
+        token = art.prefill(torch.tensor(prompt), slot, torch.tensor(greedy[slot]), torch.rand(1, generator=gen))
         assert int(token) == refs[slot][0][0], f"slot {slot} prefill"
     for step in range(steps):
-        tokens = art.decode([refs[r][0][step] for r in range(BATCH)],
-                            [len(sampled.prompts[r]) + step for r in range(BATCH)],
-                            torch.tensor([greedy[0], greedy[1]]), torch.rand(BATCH, generator=gen).tolist())
+        tokens = art.decode(torch.tensor([refs[r][0][step] for r in range(BATCH)]),
+                            torch.tensor([len(sampled.prompts[r]) + step for r in range(BATCH)]),
+                            torch.tensor([greedy[0], greedy[1]]), torch.rand(BATCH, generator=gen))
         assert tokens.tolist() == [refs[r][0][step + 1] for r in range(BATCH)], f"decode step {step + 1}"
 
 

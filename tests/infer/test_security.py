@@ -305,11 +305,13 @@ def test_inputs_are_checked_on_every_call(tiny_artifact):
     runtime = NeuronModelForCausalLM.from_pretrained(tiny_artifact).runtime
     decode = runtime._decode
     with pytest.raises(SignatureError, match=r"input 'input_ids' must be \[2, 1\] torch.int64, got \[3, 1\] torch.int64"):
-        decode(torch.zeros(3, 1, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+        decode(input_ids=torch.zeros(3, 1, dtype=torch.long), positions=torch.zeros(2, dtype=torch.long))
     with pytest.raises(SignatureError, match=r"input 'positions' must be \[2\] torch.int64, got \[2\] torch.int32"):
-        decode(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, dtype=torch.int32))
-    with pytest.raises(SignatureError, match="takes 2 inputs"):
-        decode(torch.zeros(2, 1, dtype=torch.long))
+        decode(input_ids=torch.zeros(2, 1, dtype=torch.long), positions=torch.zeros(2, dtype=torch.int32))
+    with pytest.raises(SignatureError, match=r"takes the inputs \(input_ids, positions\): missing positions$"):
+        decode(input_ids=torch.zeros(2, 1, dtype=torch.long))
+    with pytest.raises(SignatureError, match=r"missing positions; unknown position"):
+        decode(input_ids=torch.zeros(2, 1, dtype=torch.long), position=torch.zeros(2, dtype=torch.long))
 
 
 def test_vocab_size_comes_from_the_compiled_graph(tiny_artifact, tmp_path):

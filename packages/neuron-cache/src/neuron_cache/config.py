@@ -29,6 +29,9 @@ CONFIG_NAME = "neuron_config.json"
 
 TASKS = ("text-generation", "feature-extraction", "sentence-similarity", "fill-mask", "text-classification")
 DTYPES = ("float32", "bfloat16", "float16")
+# The max |logit difference| against transformers an artifact of each dtype is validated at, unless told
+# otherwise (`neuron-export --atol`, `neuron-infer validate --atol`).
+VALIDATION_ATOL = {"float32": 1e-3, "bfloat16": 0.6, "float16": 0.15}
 GRAPH_ROLES = ("context_encoding", "token_generation", "speculation", "encoder")
 _SHA256 = "[0-9a-f]{64}"
 # No leading '/', no '..' anywhere, no backslash and no control character: a newline once let

@@ -23,7 +23,13 @@ from neuron_cache.config import NeuronConfig, TensorSpec
 SIGNATURE_KEY = "neuron.signature"
 SIGNATURE_VERSION = 1
 # The config fields a single graph is compiled for (graph-level values such as the bucket are in `static` too).
-STATIC_FIELDS = ("batch_size", "sequence_length", "torch_dtype", "on_device_sampling", "max_topk", "tensor_parallel_size")
+STATIC_FIELDS = ("batch_size", "sequence_length", "torch_dtype", "on_device_sampling", "max_topk",
+                 "tensor_parallel_size")
+# On-device sampling: what each row of a graph's `sampling_params` input (rows, 3) holds, in this order. The
+# graph (neuron-export) reads the columns by these names and the runtime (neuron-infer) writes them so.
+SAMPLING_ROW = ("top_k", "top_p", "temperature")
+# Greedy is top_k=1, as in NxDI (top_p and temperature then do not matter).
+GREEDY_ROW = (1.0, 1.0, 1.0)
 
 
 class SignatureError(ValueError):

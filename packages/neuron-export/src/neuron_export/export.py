@@ -34,6 +34,7 @@ from neuron_cache import (
     sha256_file,
 )
 from neuron_cache.artifact import GRAPHS_DIR, WEIGHTS_DIR
+from neuron_cache.config import VALIDATION_ATOL as DEFAULT_ATOL
 from neuron_cache.signature import STATIC_FIELDS
 from neuron_cache.store import CompileCache, graph_cache_key
 from neuron_cache.trust import record_trusted
@@ -49,7 +50,6 @@ from neuron_export.output import OutputPlan
 from neuron_export.source import load_config, load_gguf_model, load_state_dict, load_tokenizer, resolve
 
 Log = Callable[[str], None]
-DEFAULT_ATOL = {"float32": 1e-3, "bfloat16": 0.6, "float16": 0.15}
 _COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
            "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja")
 
@@ -186,10 +186,11 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
 
         max_diff = None
         if not options.disable_validation:
-            from neuron_export.validate import validate_artifact
+            from neuron_export.validate import validate_with_neuron_infer
 
             atol = options.atol if options.atol is not None else DEFAULT_ATOL[dtype]
-            max_diff = validate_artifact(out, hf_config, hf_state, hf_model, backend, atol, log)
+            max_diff = validate_with_neuron_infer(out, hf_config, hf_state, hf_model, dtype, atol, log,
+                                                  options.output, options.model)
         if not options.disable_neuron_cache:
             cache.register_export(options.model, config.to_dict())
     output.install(out)  # the last step: OUTPUT changes only now, and only to a validated artifact

@@ -1,4 +1,4 @@
-"""transformers-style `generate` over a DecoderRuntime.
+"""transformers-style `generate` over a DecoderRuntime, stepped through the same BatchExecutor as the Engine.
 
 Each prompt row is stripped of its padding (from `attention_mask`) and prefilled alone into its own
 slot, so left- and right-padded inputs give the same tokens. Rows beyond the compiled batch run in
@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from neuron_infer.engine.executor import BatchExecutor
 from neuron_infer.generation_args import GenerationSettings, check_fits_runtime, check_inputs
 from neuron_infer.runtime import DecoderRuntime
 from neuron_infer.sampling import Processors, select
@@ -53,7 +54,7 @@ def generate(
         )
         max_new = room
     processors = settings.rules.build(input_ids.shape[1], settings.eos_token_ids)
-    decoder = _Decoder(runtime, settings, max_new, processors, streamer, stopping_criteria, generator)
+    decoder = _Decoder(BatchExecutor(runtime), settings, max_new, processors, streamer, stopping_criteria, generator)
     if streamer is not None:
         streamer.put(input_ids.cpu())
     B = runtime.batch_size
@@ -69,7 +70,7 @@ def generate(
 class _Decoder:
     """One generate() call's fixed parts; `run` decodes one chunk of at most batch_size rows."""
 
-    runtime: DecoderRuntime
+    executor: BatchExecutor
     settings: GenerationSettings
     max_new: int
     processors: Processors | None
@@ -78,14 +79,14 @@ class _Decoder:
     generator: torch.Generator | None
 
     def run(self, prompts: list[torch.Tensor], prefix: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        runtime, settings = self.runtime, self.settings
-        n_rows, B = len(prompts), runtime.batch_size
-        on_device = runtime.config.on_device_sampling
+        executor, settings = self.executor, self.settings
+        n_rows, B = len(prompts), executor.batch_size
+        on_device = executor.on_device_sampling
         row_params = torch.tensor([settings.sampling.as_row()] * B) if on_device else None
         # What transformers' logits processors see: the prompt padded on the left (where transformers wants
         # the padding; left-padded input is unchanged), then the new tokens.
         history = _left_aligned(prefix, mask) if self.processors is not None else None
-        outs = [runtime.prefill(prompt, slot, row_params[slot] if on_device else None, self._rand(1))
+        outs = [executor.prefill_raw(slot, prompt, row_params[slot] if on_device else None, self._rand(1))
                 for slot, prompt in enumerate(prompts)]
         tokens = torch.zeros(B, dtype=torch.long)
         tokens[:n_rows] = self._pick(torch.stack(outs), n_rows, history)
@@ -100,11 +101,9 @@ class _Decoder:
             done |= _stopped(self.stopping_criteria, prefix, generated, n_rows)
             if done.all():
                 break
-            if n_rows < B and runtime.rows_for(n_rows) is not None:  # a graph over just these rows
-                out = runtime.decode_slots(list(range(n_rows)), tokens[:n_rows], positions[:n_rows],
-                                           row_params[:n_rows] if on_device else None, self._rand(n_rows))
-            else:
-                out = runtime.decode(tokens, positions, row_params, self._rand(B))
+            # Slot i holds row i; the executor picks a sub-batch graph over just these slots when there is one.
+            out = executor.decode_raw(list(range(n_rows)), tokens[:n_rows], positions[:n_rows],
+                                      row_params[:n_rows] if on_device else None, self._rand(n_rows))
             nxt = self._pick(out, n_rows, history)
             nxt = torch.where(done, torch.full_like(nxt, settings.pad_token_id), nxt)
             generated.append(nxt)
@@ -120,10 +119,10 @@ class _Decoder:
         return torch.cat([prefix.long(), new], dim=1)
 
     def _rand(self, rows: int) -> torch.Tensor | None:
-        return torch.rand(rows, generator=self.generator) if self.runtime.config.on_device_sampling else None
+        return torch.rand(rows, generator=self.generator) if self.executor.on_device_sampling else None
 
     def _pick(self, out: torch.Tensor, rows: int, history: torch.Tensor | None) -> torch.Tensor:
-        if self.runtime.config.on_device_sampling:
+        if self.executor.on_device_sampling:
             return out.reshape(-1)[:rows].long()
         logits = out.reshape(-1, out.shape[-1])[:rows].float()
         if self.processors is not None:

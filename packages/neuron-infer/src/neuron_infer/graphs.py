@@ -1,6 +1,6 @@
 """Load compiled graph files and bind their constants, by backend name. No model code needed.
 
-Each loaded graph is called with its inputs positionally and returns a list of outputs. Constants
+Each loaded graph is called with its inputs by name and returns its outputs by name. Constants
 (weights, rope tables, KV cache) are bound by name; graphs of one artifact are bound to the *same*
 tensors so that prefill writes the KV cache that decode reads.
 
@@ -30,7 +30,12 @@ from neuron_cache.signature import SIGNATURE_KEY, GraphSignature, SignatureError
 
 
 class Graph:
-    """A loaded graph: `graph(*inputs)` checks each input against the compiled signature, then runs."""
+    """A loaded graph, called by input name: `graph(input_ids=..., positions=...)` -> {output name: tensor}.
+
+    The names, their order and their shapes are the graph's own signature (written by the model that
+    produced it); this class is the only code that turns named inputs into the positional call the
+    compiled code takes.
+    """
 
     def __init__(self, run: Callable[[list[torch.Tensor]], list[torch.Tensor]], signature: GraphSignature,
                  where: str, keep_alive: Any = None):
@@ -39,18 +44,30 @@ class Graph:
         self._where = where
         self._keep_alive = keep_alive
         self._expected = [(t.name, tuple(t.shape), _dtype(t.dtype, where)) for t in signature.inputs]
+        self.input_names = [t.name for t in signature.inputs]
+        self.output_names = [t.name for t in signature.outputs]
 
-    def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        missing = [n for n in self.input_names if n not in inputs]
+        unknown = sorted(set(inputs) - set(self.input_names))
+        if missing or unknown:
+            problems = [f"missing {', '.join(missing)}"] * bool(missing) + [f"unknown {', '.join(unknown)}"] * bool(unknown)
+            raise SignatureError(f"{self._where} takes the inputs ({', '.join(self.input_names)}): "
+                                 f"{'; '.join(problems)}")
         # A few tuple comparisons per call (~µs against a decode step's milliseconds): the only thing
         # between a wrong-shaped input and the compiled kernel's unchecked indexing.
-        if len(args) != len(self._expected):
-            raise SignatureError(f"{self._where} takes {len(self._expected)} inputs "
-                                 f"({', '.join(n for n, _, _ in self._expected)}), got {len(args)}")
-        for arg, (name, shape, dtype) in zip(args, self._expected):
+        args = []
+        for name, shape, dtype in self._expected:
+            arg = inputs[name]
             if tuple(arg.shape) != shape or arg.dtype != dtype:
                 raise SignatureError(f"{self._where}: input '{name}' must be {list(shape)} {dtype}, got "
                                      f"{list(arg.shape)} {arg.dtype}")
-        return self._run(list(args))
+            args.append(arg)
+        outputs = self._run(args)
+        if len(outputs) != len(self.output_names):
+            raise SignatureError(f"{self._where} returned {len(outputs)} outputs; its signature lists "
+                                 f"{self.output_names}. Re-export the model")
+        return dict(zip(self.output_names, outputs))
 
 
 def _dtype(name: str, where: str) -> torch.dtype:

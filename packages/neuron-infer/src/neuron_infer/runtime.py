@@ -245,11 +245,13 @@ class DecoderRuntime:
         bucket = self.config.bucket_for(n)
         ids = torch.zeros(1, bucket, dtype=torch.long)
         ids[0, :n] = prompt
-        args = [ids, torch.tensor([slot]), torch.tensor([n - 1])]
+        inputs = {"input_ids": ids, "seq_id": torch.tensor([slot]), "last_index": torch.tensor([n - 1])}
+        output = "logits"
         if self.config.on_device_sampling:
-            args += [sampling.view(1, 3), rand.view(1)]
+            inputs |= {"sampling_params": sampling.view(1, -1), "rand": rand.view(1)}
+            output = "tokens"
         with torch.no_grad():
-            return self.prefill_graph(bucket)(*args)[0][0]
+            return self.prefill_graph(bucket)(**inputs)[output][0]
 
     def decode_slots(self, slots: list[int], tokens: torch.Tensor, positions: torch.Tensor,
                      sampling: torch.Tensor | None = None, rand: torch.Tensor | None = None) -> torch.Tensor:
@@ -269,23 +271,27 @@ class DecoderRuntime:
             raise ValueError(f"slots {slots} must be within the compiled batch (0..{self.batch_size - 1})")
         # Pad by repeating the first row: it rewrites the same KV entry with the same values.
         pick = torch.tensor(list(range(n)) + [0] * (rows - n))
-        args = [tokens.view(-1)[pick].view(-1, 1).long(), positions.view(-1)[pick].long(),
-                torch.tensor(slots, dtype=torch.long)[pick]]
+        inputs = {"input_ids": tokens.view(-1)[pick].view(-1, 1).long(), "positions": positions.view(-1)[pick].long(),
+                  "seq_ids": torch.tensor(slots, dtype=torch.long)[pick]}
+        output = "logits"
         if self.config.on_device_sampling:
-            args += [sampling.view(-1, 3)[pick], rand.view(-1)[pick]]
+            inputs |= {"sampling_params": sampling.view(n, -1)[pick], "rand": rand.view(-1)[pick]}
+            output = "tokens"
         with torch.no_grad():
-            return self.rows_graph(rows)(*args)[0][:n]
+            return self.rows_graph(rows)(**inputs)[output][:n]
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, sampling: torch.Tensor | None = None,
                rand: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (batch,), positions (batch,) -> logits (batch, vocab), or tokens (batch,) on device."""
         self._check_ids(tokens, "tokens")
         self._check_positions(positions)
-        args = [tokens.view(-1, 1).long(), positions.long()]
+        inputs = {"input_ids": tokens.view(-1, 1).long(), "positions": positions.long()}
+        output = "logits"
         if self.config.on_device_sampling:
-            args += [sampling, rand]
+            inputs |= {"sampling_params": sampling, "rand": rand}
+            output = "tokens"
         with torch.no_grad():
-            return self._decode(*args)[0]
+            return self._decode(**inputs)[output]
 
 
 def load_runtime(artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):

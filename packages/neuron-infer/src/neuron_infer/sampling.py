@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from neuron_cache.signature import GREEDY_ROW, SAMPLING_ROW
+
 
 @dataclass(kw_only=True, slots=True)
 class SamplingParams:
@@ -28,10 +30,13 @@ class SamplingParams:
             raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables top-k)")
 
     def as_row(self) -> list[float]:
-        """(top_k, top_p, temperature) for on-device sampling; greedy is top_k=1."""
+        """This request's row of a graph's `sampling_params` input (laid out as SAMPLING_ROW)."""
         if not self.do_sample:
-            return [1.0, 1.0, 1.0]
-        return [float(self.top_k) if self.top_k > 0 else 1e9, self.top_p, self.temperature]
+            return list(GREEDY_ROW)
+        # top_k=0 (no filtering) becomes a k above any vocabulary: the graph clamps it to its max_topk.
+        values = {"top_k": float(self.top_k) if self.top_k > 0 else 1e9, "top_p": self.top_p,
+                  "temperature": self.temperature}
+        return [values[name] for name in SAMPLING_ROW]
 
 
 # (ids so far (rows, t), logits (rows, vocab)) -> processed logits, like transformers' LogitsProcessorList.

@@ -9,7 +9,6 @@ rank at load) sit behind this same interface.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,10 +60,6 @@ class Backend(ABC):
     @abstractmethod
     def compile(self, job: GraphJob, out_file: Path, target: str) -> CompiledGraph:
         """Trace `job.module` on `job.example_inputs`, compile it for `target`, write `out_file`."""
-
-    @abstractmethod
-    def load(self, file: Path, constants: Mapping[str, torch.Tensor]) -> Callable[..., Any]:
-        """Load a compiled graph and bind its constants (weights, rope tables, KV cache)."""
 
 
 def tensor_spec(name: str, t: Any) -> dict[str, Any]:

@@ -8,7 +8,6 @@ tracing (`GraphJob`), compiler flags (`default_flags`), and a target instance ty
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +47,12 @@ class NeuronBackend(Backend):
         # refused rather than shipped untested.
         raise _unverified()
 
-    def load(self, file: Path, constants: Mapping[str, torch.Tensor]) -> Callable[..., Any]:
-        _require_sdk()
-        raise _unverified()
-
 
 def _unverified() -> Exception:
     from neuron_export.errors import ExportError
 
     return ExportError(
-        "backend 'neuron' is declared (interface, flags, targets) but its trace/load path has not been "
+        "backend 'neuron' is declared (interface, flags, targets) but its trace path has not been "
         "verified on Neuron hardware and is disabled. Use --backend torch-aot."
     )
 

@@ -2,10 +2,10 @@
 
 - `torch-aot` (default): torch.export, then an AOTInductor package compiled to C++ (CPU here, CUDA
   where present). Constants are *not* baked into the package (`package_constants_in_so=False`):
-  the runtime binds weights and KV cache with `load_constants(..., user_managed=True)`, so graphs
-  sharing the same tensors share weights and cache.
+  the runtime (neuron-infer) binds weights and KV cache by pointer, so graphs sharing the same
+  tensors share weights and cache.
 - `torch-export`: the ExportedProgram alone, run without C++ compilation. ~10x faster to build,
-  meant for tests; the saved program carries its constants, which the loader replaces.
+  meant for tests; the saved program carries its constants, which neuron-infer's loader replaces.
 
 Faster decode kernels (pre-packed weights, dedicated GEMV) slot in here as inductor options or as
 another backend: graphs, artifact layout and runtime stay the same.
@@ -13,7 +13,6 @@ another backend: graphs, artifact layout and runtime stay the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,10 +38,6 @@ def _signature(job: GraphJob, ep: torch.export.ExportedProgram) -> tuple[list, l
     outputs = [tensor_spec(n, v) for n, v in zip(names, values)]
     mutated = sorted(set(ep.graph_signature.buffers_to_mutate.values()))
     return inputs, outputs, mutated
-
-
-def _as_list(out: Any) -> list[torch.Tensor]:
-    return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
 class TorchAOTBackend(Backend):
@@ -81,11 +76,6 @@ class TorchAOTBackend(Backend):
         module.to("cpu")
         return CompiledGraph(file=out_file, inputs=inputs, outputs=outputs, mutated_state=mutated)
 
-    def load(self, file: Path, constants: Mapping[str, torch.Tensor]) -> Callable[..., list[torch.Tensor]]:
-        runner = torch._inductor.aoti_load_package(str(file))
-        wanted = runner.get_constant_fqns()
-        runner.load_constants({k: constants[k] for k in wanted}, check_full_update=True, user_managed=True)
-        return lambda *args: _as_list(runner(*args))
 
 
 class TorchExportBackend(Backend):
@@ -105,21 +95,4 @@ class TorchExportBackend(Backend):
         torch.export.save(ep, str(out_file), extra_files={SIGNATURE_KEY: signature.to_json()})
         return CompiledGraph(file=out_file, inputs=inputs, outputs=outputs, mutated_state=mutated)
 
-    def load(self, file: Path, constants: Mapping[str, torch.Tensor]) -> Callable[..., list[torch.Tensor]]:
-        module = torch.export.load(str(file)).module()
-        bind_module_constants(module, constants)
-        return lambda *args: _as_list(module(*args))
 
-
-def bind_module_constants(module: torch.nn.Module, constants: Mapping[str, torch.Tensor]) -> None:
-    """Replace every parameter and buffer of an unlifted ExportedProgram module by the given tensors."""
-    names = [n for n, _ in module.named_parameters(remove_duplicate=False)]
-    names += [n for n, _ in module.named_buffers(remove_duplicate=False)]
-    for name in names:
-        owner_name, _, attr = name.rpartition(".")
-        owner = module.get_submodule(owner_name) if owner_name else module
-        tensor = constants[name]
-        if attr in owner._parameters:
-            owner._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
-        else:
-            owner._buffers[attr] = tensor

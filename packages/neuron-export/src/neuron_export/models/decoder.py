@@ -296,7 +296,9 @@ class DecoderModel(nn.Module):
             inputs = (torch.zeros(rows, 1, dtype=torch.long), torch.zeros(rows, dtype=torch.long),
                       torch.arange(rows, dtype=torch.long))
         if self.shapes.on_device_sampling:
-            params = torch.tensor([[1.0, 1.0, 1.0]]).repeat(rows, 1)
+            from neuron_cache.signature import GREEDY_ROW
+
+            params = torch.tensor([GREEDY_ROW]).repeat(rows, 1)
             inputs = (*inputs, params, torch.zeros(rows))
         return inputs
 

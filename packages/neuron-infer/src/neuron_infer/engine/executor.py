@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from neuron_cache.signature import GREEDY_ROW
 from neuron_infer.engine.sampler import TokenSampler
 from neuron_infer.runtime import DecoderRuntime
 
@@ -57,6 +58,12 @@ class SlotPool:
 
 
 class BatchExecutor:
+    """The one driver of a runtime's graphs: generate(), the Engine and the vLLM runner all step through here.
+
+    `prefill_raw`/`decode_raw` return what the graph returns for the given slots (logits, or tokens
+    sampled on device); `prefill`/`decode` add each slot's TokenSampler on top.
+    """
+
     def __init__(self, runtime: DecoderRuntime):
         self.runtime = runtime
         self.config = runtime.config
@@ -66,27 +73,48 @@ class BatchExecutor:
     def batch_size(self) -> int:
         return self.config.batch_size
 
-    def prefill(self, slot: int, prompt: list[int] | torch.Tensor, sampler: TokenSampler) -> StepResult:
-        """Run the prompt through the context-encoding graph into `slot`'s KV rows; pick the first token."""
-        ids = torch.as_tensor(prompt, dtype=torch.long)
+    # ---- raw steps: the graph's own output -----------------------------------------------------
+    def prefill_raw(self, slot: int, prompt: torch.Tensor, device_row: torch.Tensor | None = None,
+                    rand: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the prompt through the context-encoding graph into `slot`'s KV rows: logits (vocab,) at its last
+        token, or the token () sampled on device (`device_row`, `rand` are then required)."""
         if self.on_device_sampling:
-            out = self.runtime.prefill(ids, slot, sampler.device_row(), sampler.uniform())
-            return StepResult(int(out.reshape(-1)[0]), None)
-        logits = self.runtime.prefill(ids, slot).float()
-        return StepResult(sampler.pick(logits), logits)
+            return self.runtime.prefill(prompt, slot, device_row, rand)
+        return self.runtime.prefill(prompt, slot)
 
-    def decode(self, entries: Mapping[int, DecodeEntry],
-               hold: Mapping[int, tuple[int, int]] | None = None) -> dict[int, StepResult]:
-        """One token-generation step; returns a token for each entry.
+    def decode_raw(self, slots: list[int], tokens: torch.Tensor, positions: torch.Tensor,
+                   device_rows: torch.Tensor | None = None, rand: torch.Tensor | None = None,
+                   hold: Mapping[int, tuple[int, int]] | None = None) -> torch.Tensor:
+        """One token-generation step over `slots` (row i: tokens[i] at positions[i]); returns the rows of
+        `slots`, in that order: logits (n, vocab), or tokens (n,) sampled on device.
 
-        When the artifact has a graph over fewer slots that holds the entries (`token_generation_rows<n>`),
-        only those slots run and every other slot's KV rows stay untouched. Otherwise every row of the
+        When the artifact has a graph over fewer slots that holds them (`token_generation_rows<n>`), only
+        those slots run and every other slot's KV rows stay untouched. Otherwise every row of the
         compiled batch runs, and every row writes its KV cache at its position. A free row runs token 0
         at position 0, garbage the next prefill of that slot overwrites. A row that holds a live
         sequence but samples nothing now (vLLM prefilled it this step, or skipped it) must not get
         that garbage in its row 0: `hold` gives it (last token, its position), so it rewrites exactly
         the KV entry its next real decode will write, and its output is dropped.
         """
+        if not self.on_device_sampling:
+            device_rows = rand = None
+        if 0 < len(slots) < self.batch_size and self.runtime.rows_for(len(slots)) is not None:
+            return self.runtime.decode_slots(slots, tokens, positions, device_rows, rand)
+        return self._decode_full(slots, tokens, positions, device_rows, rand, hold)
+
+    # ---- steps with each slot's sampler --------------------------------------------------------
+    def prefill(self, slot: int, prompt: list[int] | torch.Tensor, sampler: TokenSampler) -> StepResult:
+        """Prefill `slot` with the prompt and pick the first token."""
+        ids = torch.as_tensor(prompt, dtype=torch.long)
+        if self.on_device_sampling:
+            out = self.prefill_raw(slot, ids, sampler.device_row(), sampler.uniform())
+            return StepResult(int(out.reshape(-1)[0]), None)
+        logits = self.prefill_raw(slot, ids).float()
+        return StepResult(sampler.pick(logits), logits)
+
+    def decode(self, entries: Mapping[int, DecodeEntry],
+               hold: Mapping[int, tuple[int, int]] | None = None) -> dict[int, StepResult]:
+        """One token-generation step (`decode_raw`); returns a token for each entry."""
         slots = list(entries)
         tokens = torch.tensor([entries[s].token for s in slots], dtype=torch.long)
         positions = torch.tensor([entries[s].position for s in slots], dtype=torch.long)
@@ -94,10 +122,7 @@ class BatchExecutor:
         if self.on_device_sampling and slots:
             rows = torch.stack([entries[s].sampler.device_row() for s in slots])
             rand = torch.cat([entries[s].sampler.uniform() for s in slots])
-        if 0 < len(slots) < self.batch_size and self.runtime.rows_for(len(slots)) is not None:
-            out = self.runtime.decode_slots(slots, tokens, positions, rows, rand)
-        else:
-            out = self._decode_full(slots, tokens, positions, rows, rand, hold)
+        out = self.decode_raw(slots, tokens, positions, rows, rand, hold)
         if self.on_device_sampling:
             out = out.reshape(-1)
             return {slot: StepResult(int(out[i]), None) for i, slot in enumerate(slots)}
@@ -114,11 +139,11 @@ class BatchExecutor:
         all_positions = torch.zeros(B, dtype=torch.long)
         for slot, (token, position) in (hold or {}).items():
             all_tokens[slot], all_positions[slot] = token, position
-        all_tokens[index], all_positions[index] = tokens, positions
+        all_tokens[index], all_positions[index] = tokens.view(-1), positions.view(-1)
         if not self.on_device_sampling:
             return self.runtime.decode(all_tokens, all_positions)[index]
-        all_rows = torch.tensor([[1.0, 1.0, 1.0]] * B)  # greedy for rows that sample nothing
+        all_rows = torch.tensor([GREEDY_ROW] * B)  # greedy for rows that sample nothing
         all_rand = torch.zeros(B)
         if slots:
-            all_rows[index], all_rand[index] = rows, rand
+            all_rows[index], all_rand[index] = rows.view(len(slots), -1), rand.view(-1)
         return self.runtime.decode(all_tokens, all_positions, all_rows, all_rand).reshape(-1)[index]
