@@ -40,3 +40,13 @@ def tiny_reference(tiny_checkpoint):
     import transformers
 
     return transformers.LlamaForCausalLM.from_pretrained(tiny_checkpoint).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tp2_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint at tensor_parallel_size 2, compiled with torch-aot: AOTInductor packages with the
+    all-reduces and the all-gather inside, run by two rank processes (tests/parallel, tests/vllm)."""
+    from support.tiny import export_tiny
+
+    return export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("art") / "tiny-smol-tp2", backend="torch-aot",
+                       tensor_parallel_size=2)
