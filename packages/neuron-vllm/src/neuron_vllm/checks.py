@@ -41,10 +41,13 @@ def check_engine_config(vllm_config: Any, neuron: NeuronConfig, root: str) -> No
     if dtype != neuron.torch_dtype:
         raise _fail("dtype", dtype, f"the artifact was compiled for torch_dtype={neuron.torch_dtype}",
                     f"pass dtype='{neuron.torch_dtype}' (--dtype {neuron.torch_dtype}), or re-export with that dtype")
-    if par.tensor_parallel_size != neuron.tensor_parallel_size:
+    # A tensor-parallel artifact's ranks are processes neuron-infer starts and owns: vLLM runs one worker. Its
+    # own --tensor-parallel-size may be left at 1 or say the artifact's value; anything else is a mistake.
+    if par.tensor_parallel_size not in (1, neuron.tensor_parallel_size):
         raise _fail("tensor_parallel_size", par.tensor_parallel_size,
                     f"the artifact was compiled for tensor_parallel_size={neuron.tensor_parallel_size}",
-                    f"pass --tensor-parallel-size {neuron.tensor_parallel_size}, or re-export")
+                    f"omit --tensor-parallel-size (the artifact's {neuron.tensor_parallel_size} ranks are started by "
+                    "neuron-infer), or re-export")
     if par.pipeline_parallel_size != 1 or par.data_parallel_size != 1:
         raise _fail("pipeline/data_parallel_size", (par.pipeline_parallel_size, par.data_parallel_size),
                     "1 each (an artifact is one compiled model instance)", "run one server per artifact copy")

@@ -141,7 +141,8 @@ def server_command(artifact: Path, opts: ServeOptions) -> list[str]:
         "--max-num-seqs", str(config.batch_size),
         "--max-model-len", str(config.sequence_length),
         "--dtype", config.torch_dtype,
-        "--tensor-parallel-size", str(config.tensor_parallel_size),
+        # No --tensor-parallel-size: vLLM runs one worker; a tensor-parallel artifact's ranks are processes
+        # that neuron-infer's runtime starts and owns inside it.
     ]
     if opts.served_model_name:
         args += ["--served-model-name", opts.served_model_name]

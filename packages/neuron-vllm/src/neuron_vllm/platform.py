@@ -49,6 +49,9 @@ class NeuronPlatform(CpuPlatform):
         # One worker in the engine-core process: the graphs are host code, there is no device to
         # isolate and no rank to coordinate.
         parallel.distributed_executor_backend = "uni"
+        # A tensor-parallel artifact still has one vLLM worker: its ranks belong to neuron-infer's runtime.
+        parallel.tensor_parallel_size = 1
+        parallel.world_size = parallel.pipeline_parallel_size
         from vllm.config import CompilationMode
 
         vllm_config.compilation_config.mode = CompilationMode.NONE  # graphs are compiled already

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuron_export.models.linear import PACK_OP, Linear
-from neuron_export.models.parallel import all_gather_last, all_reduce, local_token_rows, rank_arch, vocab_shard_rows
+from neuron_export.models.parallel import all_reduce, gather_vocab, local_token_rows, rank_arch, vocab_shard_rows
 from neuron_export.models.sampling import sample_on_device
 from neuron_export.models.spec import DecoderArch, StaticShapes
 
@@ -273,8 +273,8 @@ class DecoderModel(nn.Module):
 
     def _head(self, hidden: torch.Tensor, sampling_params, rand) -> torch.Tensor:
         logits = self.lm_head(hidden).float()
-        if self.tp > 1:  # this rank's vocabulary rows, without the zero row, gathered; the padding cut off
-            logits = all_gather_last(logits[:, :-1], self.tp)[:, : self.arch.vocab_size]
+        if self.tp > 1:  # every rank's vocabulary rows (see parallel.py)
+            logits = gather_vocab(logits, self.embed_tokens.local_ids, self.tp)
         if self.arch.logits_divisor != 1.0:
             logits = logits / self.arch.logits_divisor
         if self.shapes.on_device_sampling:

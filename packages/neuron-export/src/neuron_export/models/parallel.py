@@ -84,12 +84,23 @@ def all_reduce(x: torch.Tensor, tp: int) -> torch.Tensor:
     return funcol.all_reduce(x, "sum", group_name())
 
 
-def all_gather_last(x: torch.Tensor, tp: int) -> torch.Tensor:
-    if tp == 1:
-        return x
-    from torch.distributed import _functional_collectives as funcol
+def gather_vocab(logits: torch.Tensor, local_ids: torch.Tensor, tp: int) -> torch.Tensor:
+    """Each rank's (B, s + 1) logits over its vocabulary rows and its zero row -> (B, vocab) on every rank.
 
-    return funcol.all_gather_tensor(x.contiguous(), x.dim() - 1, group_name())
+    Every rank spreads its logits over the whole vocabulary through its token map (ids another rank owns read
+    the zero row, whose logit is exactly 0) and one all_reduce sums them: each id gets its own rank's logit plus
+    zeros, bit for bit. Not an all_gather: AOTInductor runs all_gather through its proxy executor, whose tensors
+    the gloo worker thread then frees holding gloo's queue lock while it waits for the GIL, and the rank's main
+    thread waits on that lock in its next collective (a deadlock seen under vLLM). The all_reduce's own buffer
+    is never the graph's output (`[:, :vocab]` of a wider one is a view of it, never it): an output is handed to
+    Python, and the same late free would then need the GIL too.
+    """
+    if tp == 1:
+        return logits
+    B, vocab = logits.shape[0], local_ids.shape[0]
+    spread = logits.new_zeros(B, vocab + 1)
+    spread[:, :vocab] = logits.index_select(1, local_ids)
+    return all_reduce(spread, tp)[:, :vocab]
 
 
 @contextlib.contextmanager

@@ -51,6 +51,9 @@ def rank_main(rank: int, conns: list[Connection], root: str, store_file: str, tp
 
     # Ctrl-C reaches the whole process group; the driver decides what stops, and closes the ranks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where a rank is (a stuck collective, say)
     conn = conns[rank]
     for i, other in enumerate(conns):  # keep only this rank's end: EOF then means the driver is gone
         if i != rank:
