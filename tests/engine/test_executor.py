@@ -90,3 +90,15 @@ def test_on_device_sampling_graphs_decode_greedy_and_seeded(on_device_executor, 
         runs = [h.result().token_ids for h in sampled]
     assert runs[0] == runs[1] != runs[2]
     assert on_device_executor.prefill(0, A, TokenSampler.greedy()).logits is None  # sampled on device
+
+
+def test_the_executor_is_the_one_decode_driver():
+    """generate, the Engine and the vLLM runner step the runtime only through BatchExecutor. Validation is the
+    other caller: it pins each compiled graph in turn on purpose, through the runtime's public methods."""
+    import re
+    from pathlib import Path
+
+    packages = Path(__file__).resolve().parents[2] / "packages"
+    step = re.compile(r"runtime\.(prefill|decode|decode_slots)\(")
+    callers = {p.relative_to(packages).as_posix() for p in packages.rglob("*.py") if step.search(p.read_text())}
+    assert callers == {"neuron-infer/src/neuron_infer/engine/executor.py", "neuron-infer/src/neuron_infer/validate.py"}

@@ -106,3 +106,13 @@ def test_load_and_first_token_import_neither_transformers_nor_dynamo(artifact):
     imported, tokens = json.loads(out.stdout.strip().splitlines()[-1])
     assert imported == []
     assert len(tokens) == 5
+
+
+def test_the_validate_command_reads_the_gguf_checkpoint(artifact):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "neuron_infer.cli", "validate", str(artifact), "--model",
+                           str(smollm2_gguf())], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "max |logit diff| = " in proc.stdout, proc.stdout
