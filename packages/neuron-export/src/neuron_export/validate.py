@@ -27,8 +27,8 @@ def load_constants(root: Path, config: NeuronConfig) -> dict[str, torch.Tensor]:
         constants[alias] = constants[name]
     for spec in config.state:
         constants[spec.name] = torch.zeros(spec.shape, dtype=getattr(torch, spec.dtype))
-    for name, spec in config.weights.derived.items():  # pre-packed weights (models/linear.py)
-        from neuron_export.models.linear import PACK_OP, pack
+    for name, spec in config.weights.derived.items():  # pre-packed weights (backends/cpu_kernels.py)
+        from neuron_export.backends.cpu_kernels import PACK_OP, pack
 
         if spec.op != PACK_OP:
             raise ValueError(f"weights.derived.{name}: op {spec.op!r} is not what this neuron-export writes ({PACK_OP})")
