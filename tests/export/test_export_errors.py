@@ -292,10 +292,13 @@ def test_cli_decode_batches_and_prefill_upcast_options(tiny_llama_dir: Path, tmp
     assert result.exit_code == 0, result.output
     assert sorted(g.rows for g in NeuronConfig.load(tmp_path / "rows").graphs.values() if g.rows) == [1, 2]
     result = run_cli(*common, "--batch_size", "4", "--decode_batches", "none", "--torch_dtype", "bfloat16",
-                     "--prefill-upcast", str(tmp_path / "none"))
+                     "--no-prefill-upcast", str(tmp_path / "none"))
     assert result.exit_code == 0, result.output
     config = NeuronConfig.load(tmp_path / "none")
     assert all(g.rows is None for g in config.graphs.values())
-    assert config.metadata["prefill_matmul_dtype"] == "float32"
+    assert config.metadata["prefill_matmul_dtype"] == "bfloat16"
+    # Upcasting is a kernel of torch-aot on cpu (backends/cpu_kernels.py): asked of torch-export, it is refused.
+    assert_fails_with(run_cli(*common, "--torch_dtype", "bfloat16", "--prefill-upcast", str(tmp_path / "upcast")),
+                      "--prefill-upcast: backend torch-export", "--backend torch-aot")
     assert_fails_with(run_cli(*common, "--batch_size", "2", "--decode_batches", "2", str(tmp_path / "bad")),
                       "--decode_batches 2", "between 1 and batch_size - 1 (1)")

@@ -1,11 +1,13 @@
 """bfloat16 graphs against transformers' bfloat16 eager model, with and without float32 prefill GEMMs.
 
-On CPUs without native 16-bit dot products (AVX2-only hosts like these), prefill graphs upcast each
-weight and multiply in float32 (models/linear.py). Both variants are checked the same way:
+On CPUs without native 16-bit dot products (AVX2-only hosts), the torch-aot backend compiles prefill
+graphs that upcast each weight and multiply in float32 (backends/cpu_kernels.py). Both variants are
+compiled with torch-aot (the kernel is its choice) and checked the same way:
 - our bf16 logits are as close to transformers' *float32* logits as transformers' own bf16 model is
   (bf16 rounding is the only error either should have), and close to transformers' bf16 logits;
 - decode steps, teacher-forced on transformers' continuation, likewise;
-- the upcast variant's prefill graph really multiplies in float32 and its decode graph does not.
+- the upcast variant's prefill graph really multiplies in float32 and its decode graph does not (traced
+  here with the backend's kernels applied, as the backend traces it: an AOTInductor package holds C++).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from export_testlib import BUCKETS, COMMON_CONFIG, export_tiny, open_runtime, prompt_ids
+from export_testlib import COMMON_CONFIG, SEQUENCE_LENGTH, export_tiny, open_runtime, prompt_ids
 from support.tiny import save_tiny_checkpoint
 
 from neuron_cache import NeuronConfig
-from neuron_export.models.linear import native_low_precision_gemm
+from neuron_export.backends import KernelChoice, cpu_kernels
 
 CONFIG = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
               tie_word_embeddings=False)
@@ -39,9 +41,18 @@ def hf_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
         return model(torch.tensor([ids])).logits[0].float()
 
 
-def linear_input_dtypes(graph_file: Path) -> list[torch.dtype]:
-    """dtype of the activation fed to each linear/mm in an ExportedProgram (torch-export backend)."""
-    ep = torch.export.load(str(graph_file))
+def linear_input_dtypes(directory: Path, upcast: bool, role: str) -> list[torch.dtype]:
+    """dtype of the activation fed to each linear/mm of the graph torch-aot traces for `role` (bucket 32)."""
+    from neuron_export.models.build import build_decoder
+    from neuron_export.models.spec import StaticShapes
+
+    hf_config = transformers.AutoConfig.from_pretrained(directory)
+    shapes = StaticShapes(batch_size=2, sequence_length=SEQUENCE_LENGTH, context_buckets=[32], dtype="bfloat16")
+    _, model = build_decoder(hf_config, shapes)
+    model.role = role
+    inputs = model.example_inputs(role, 32 if role == "context_encoding" else None)
+    with cpu_kernels.applied(model, KernelChoice(prefill_upcast=upcast), role, batch_size=2), torch.no_grad():
+        ep = torch.export.export(model, inputs, strict=False)
     ops = {torch.ops.aten.linear.default, torch.ops.aten.mm.default, torch.ops.aten.addmm.default}
     dtypes = []
     for node in ep.graph.nodes:
@@ -56,7 +67,8 @@ def test_bf16_matches_transformers(checkpoint, tmp_path, upcast):
     directory, hf32 = checkpoint
     hf16 = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16,
                                                              attn_implementation="eager").eval()
-    root = export_tiny(directory, tmp_path / "art", torch_dtype="bfloat16", prefill_upcast=upcast)
+    root = export_tiny(directory, tmp_path / "art", torch_dtype="bfloat16", prefill_upcast=upcast, backend="torch-aot",
+                       context_buckets=[32], decode_batches=[])
     config = NeuronConfig.load(root)
     assert config.metadata["prefill_matmul_dtype"] == ("float32" if upcast else "bfloat16")
     art = open_runtime(root)
@@ -82,8 +94,8 @@ def test_bf16_matches_transformers(checkpoint, tmp_path, upcast):
         assert ours_step <= 2 * hf_step + 0.02 * scale, f"decode step {step}: ours {ours_step:.3g} vs {hf_step:.3g}"
         seq.append(int(r32.argmax()))
 
-    prefill_dtypes = linear_input_dtypes(root / config.graphs[f"context_encoding_{BUCKETS[-1]}"].file)
-    decode_dtypes = linear_input_dtypes(root / config.graphs["token_generation"].file)
+    prefill_dtypes = linear_input_dtypes(directory, upcast, "context_encoding")
+    decode_dtypes = linear_input_dtypes(directory, upcast, "token_generation")
     layer_gemms = 4 * COMMON_CONFIG["num_hidden_layers"]  # qkv, o, gate_up, down
     assert len(prefill_dtypes) == layer_gemms + 1  # + lm_head on the last token
     if upcast:
@@ -94,11 +106,12 @@ def test_bf16_matches_transformers(checkpoint, tmp_path, upcast):
     assert set(decode_dtypes) == {torch.bfloat16}, "decode is bandwidth-bound: it must read 16-bit weights"
 
 
-def test_prefill_upcast_defaults_to_the_cpus_capability(checkpoint, tmp_path):
+def test_prefill_matmul_dtype_says_what_the_graphs_multiply_in(checkpoint, tmp_path):
+    # Which backend upcasts where (torch-aot on a CPU without native bf16 GEMMs, by default) is
+    # test_cpu_kernels.py's; torch-export never does, and the artifact says so.
     directory, _ = checkpoint
     root = export_tiny(directory, tmp_path / "art", torch_dtype="bfloat16", context_buckets=[32])
-    expected = "bfloat16" if native_low_precision_gemm("bfloat16") else "float32"
-    assert NeuronConfig.load(root).metadata["prefill_matmul_dtype"] == expected
+    assert NeuronConfig.load(root).metadata["prefill_matmul_dtype"] == "bfloat16"
     root32 = export_tiny(directory, tmp_path / "art32", torch_dtype="float32", context_buckets=[32])
     assert NeuronConfig.load(root32).metadata["prefill_matmul_dtype"] == "float32"
 

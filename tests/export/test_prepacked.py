@@ -1,7 +1,9 @@
-"""Decode on oneDNN-packed weights: what the artifact records, what the graphs call, what the runtime binds.
+"""Decode on oneDNN-packed weights: what the artifact records, what the graphs bind, what the runtime binds.
 
-Numerics of the packed path against transformers are covered by test_architectures.py (every
-architecture exports with the default, packed, float32 decode); here: the contract and the switch.
+Packing is the torch-aot backend's choice for target cpu (backends/cpu_kernels.py), so these artifacts
+are compiled with AOTInductor: one bucket and no sub-batch graph keep that to ~20 s per artifact. The
+packed artifact is exported through the CLI without --target: it also shows that export's default target
+is one this machine's runtime runs.
 """
 
 from __future__ import annotations
@@ -11,16 +13,22 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from export_testlib import COMMON_CONFIG, export_tiny, greedy_reference, open_runtime, prompt_ids
+from click.testing import CliRunner
+from export_testlib import COMMON_CONFIG, SEQUENCE_LENGTH, export_tiny, greedy_reference, open_runtime, prompt_ids
 from safetensors import safe_open
 from support.tiny import save_tiny_checkpoint
 
-from neuron_cache import NeuronConfig
-from neuron_infer.runtime import derive_constants
+from neuron_cache import Artifact, NeuronConfig
+from neuron_cache.signature import SIGNATURE_KEY, GraphSignature
+from neuron_export.errors import ExportError
+from neuron_infer.runtime import derive_constants, load_runtime
 
 CONFIG = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
               tie_word_embeddings=True)
 LINEARS_PER_LAYER = 4  # qkv, o, gate_up, down
+AOT_SHAPES = dict(batch_size=2, sequence_length=SEQUENCE_LENGTH, max_context_length=32, context_buckets=[32],
+                  decode_batches=[])
+PROMPT, STEPS = prompt_ids(11, COMMON_CONFIG["vocab_size"], seed=5), 6
 
 
 @pytest.fixture(scope="module")
@@ -29,55 +37,93 @@ def checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     return directory, save_tiny_checkpoint(transformers.LlamaConfig(**{**COMMON_CONFIG, **CONFIG}), directory)
 
 
-def ops_in(graph_file: Path) -> list:
-    ep = torch.export.load(str(graph_file))
-    return [n.target for n in ep.graph.nodes if n.op == "call_function"]
+@pytest.fixture(scope="module")
+def packed(checkpoint, tmp_path_factory) -> Path:
+    """`neuron-export` with its defaults (backend torch-aot, no --target): float32, packed decode."""
+    from neuron_export.cli import main
+
+    out = tmp_path_factory.mktemp("packed") / "art"
+    args = ["-m", str(checkpoint[0]), "--batch_size", "2", "--sequence_length", str(SEQUENCE_LENGTH),
+            "--context_buckets", "32", "--decode_batches", "none", "--disable-neuron-cache", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out
 
 
-def test_packed_decode_contract(checkpoint, tmp_path):
-    directory, _ = checkpoint
-    root = export_tiny(directory, tmp_path / "art")
-    config = NeuronConfig.load(root)
+def aot_signature(graph_file: Path) -> GraphSignature:
+    meta = torch._C._aoti.AOTIModelPackageLoader.load_metadata_from_package(str(graph_file), "model")
+    return GraphSignature.from_json(meta[SIGNATURE_KEY], str(graph_file))
+
+
+def packed_constants(graph_file: Path) -> set[str]:
+    return {n for n in aot_signature(graph_file).constants if n.endswith("packed_weight")}
+
+
+def greedy_tokens(runtime) -> list[int]:
+    tokens = [int(runtime.prefill(torch.tensor(PROMPT), slot=0).argmax())]
+    for step in range(STEPS):
+        logits = runtime.decode(torch.tensor([tokens[-1], 0]), torch.tensor([len(PROMPT) + step, 0]))
+        tokens.append(int(logits[0].argmax()))
+    return tokens
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the default target is cuda where a GPU is present")
+def test_default_target_is_this_machines_cpu_and_runs_here(checkpoint, packed):
+    config = NeuronConfig.load(packed)
+    assert (config.target.backend, config.target.device) == ("torch-aot", "cpu")
+    runtime = load_runtime(Artifact.open(packed))
+    expected, _ = greedy_reference(checkpoint[1], PROMPT, steps=STEPS)
+    tokens = [int(runtime.prefill(torch.tensor(PROMPT), slot=1).argmax())]
+    for step in range(STEPS):
+        logits = runtime.decode(torch.tensor([0, tokens[-1]]), torch.tensor([0, len(PROMPT) + step]))
+        assert logits.device.type == "cpu"
+        tokens.append(int(logits[1].argmax()))
+    assert tokens == expected
+
+
+def test_packed_decode_contract(packed):
+    config = NeuronConfig.load(packed)
     layers = COMMON_CONFIG["num_hidden_layers"]
     derived = config.weights.derived
     assert len(derived) == LINEARS_PER_LAYER * layers + 1  # + lm_head
     assert {d.op for d in derived.values()} == {"onednn_packed_linear"}
     assert {d.args["batch_size"] for d in derived.values()} == {config.batch_size}
     # The tied lm_head packs the embedding it aliases; every source is a stored (or aliased) tensor.
-    with safe_open(str(root / config.weights.files[0].path), "pt") as f:
+    with safe_open(str(packed / config.weights.files[0].path), "pt") as f:
         stored = set(f.keys())
     assert not any(name.endswith("packed_weight") for name in stored), "packed layouts are never stored"
     assert all(d.source in stored or d.source in config.weights.aliases for d in derived.values())
 
-    linear_pointwise = torch.ops.mkldnn._linear_pointwise.default
-    assert ops_in(root / config.graphs["token_generation"].file).count(linear_pointwise) == len(derived)
-    for name, graph in config.graphs.items():
-        if graph.role == "context_encoding":
-            assert linear_pointwise not in ops_in(root / graph.file), f"{name}: prefill keeps the stock GEMM"
+    # The decode graph binds exactly the derived constants; prefill keeps the stock GEMM on the stored weights.
+    assert packed_constants(packed / config.graphs["token_generation"].file) == set(derived)
+    assert packed_constants(packed / config.graphs["context_encoding_32"].file) == set()
 
 
-def test_no_prepack_weights_gives_the_same_tokens_without_packing(checkpoint, tmp_path):
+def test_no_prepack_weights_gives_the_same_tokens_without_packing(checkpoint, packed, tmp_path):
     directory, hf_model = checkpoint
-    plain = export_tiny(directory, tmp_path / "plain", prepack_weights=False)
+    plain = export_tiny(directory, tmp_path / "plain", backend="torch-aot", prepack_weights=False, **AOT_SHAPES)
     config = NeuronConfig.load(plain)
     assert config.weights.derived == {}
-    assert torch.ops.mkldnn._linear_pointwise.default not in ops_in(plain / config.graphs["token_generation"].file)
-    packed = open_runtime(export_tiny(directory, tmp_path / "packed"))
-    unpacked = open_runtime(plain)
-    prompt = prompt_ids(11, COMMON_CONFIG["vocab_size"], seed=5)
-    expected, _ = greedy_reference(hf_model, prompt, steps=6)
-    for runtime in (packed, unpacked):
-        tokens = [int(runtime.prefill(torch.tensor(prompt), slot=0).argmax())]
-        for step in range(6):
-            logits = runtime.decode(torch.tensor([tokens[-1], 0]), torch.tensor([len(prompt) + step, 0]))
-            tokens.append(int(logits[0].argmax()))
-        assert tokens == expected
+    assert packed_constants(plain / config.graphs["token_generation"].file) == set()
+    expected, _ = greedy_reference(hf_model, PROMPT, steps=STEPS)
+    for root in (packed, plain):
+        assert greedy_tokens(open_runtime(root)) == expected, root.name
 
 
-def test_bf16_is_not_prepacked(checkpoint, tmp_path):
+def ops_in(graph_file: Path) -> list:
+    ep = torch.export.load(str(graph_file))
+    return [n.target for n in ep.graph.nodes if n.op == "call_function"]
+
+
+def test_torch_export_backend_applies_no_kernels(checkpoint, tmp_path):
     directory, _ = checkpoint
-    root = export_tiny(directory, tmp_path / "bf16", torch_dtype="bfloat16")
-    assert NeuronConfig.load(root).weights.derived == {}
+    root = export_tiny(directory, tmp_path / "art")  # torch-export, float32: packing would be on with torch-aot
+    config = NeuronConfig.load(root)
+    assert config.weights.derived == {}
+    for graph in config.graphs.values():
+        assert torch.ops.mkldnn._linear_pointwise.default not in ops_in(root / graph.file)
+    with pytest.raises(ExportError, match="--prepack-weights: backend torch-export"):
+        export_tiny(directory, tmp_path / "asked", prepack_weights=True)
 
 
 def test_runtime_derives_both_packed_layouts():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuron_cache import ArtifactError, SchemaVersionError
+from neuron_cache import Artifact, ArtifactError, SchemaVersionError
 from neuron_infer import NeuronModelForCausalLM
 
 PROMPT = [1, 17, 33, 5, 90, 41, 7]
@@ -157,3 +157,25 @@ def test_exported_artifacts_record_the_cpu_isa(tiny_artifact):
     from neuron_cache import NeuronConfig
 
     assert NeuronConfig.load(tiny_artifact).metadata["cpu_isa"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_cpu_artifacts_take_and_give_host_tensors_without_copies(tiny_artifact):
+    # The cuda path (constants and inputs on the GPU, outputs back on the host) cannot run here: no GPU.
+    from neuron_infer.runtime import load_runtime
+
+    runtime = load_runtime(Artifact.open(tiny_artifact))
+    assert runtime.device == torch.device("cpu")
+    args = [torch.zeros(runtime.batch_size, 1, dtype=torch.long), torch.zeros(runtime.batch_size, dtype=torch.long)]
+    assert runtime._to_device(args) is args and runtime._to_host(args) is args
+    assert {t.device.type for t in runtime.constants.values()} == {"cpu"}
+
+
+def test_constants_placed_on_another_device_stay_tied():
+    from neuron_infer.runtime import _place
+
+    weight, cache = torch.randn(4, 3), torch.zeros(2)
+    constants = {"embed_tokens.weight": weight, "lm_head.weight": weight, "k_cache": cache}
+    assert _place(constants, torch.device("cpu")) is constants
+    placed = _place(constants, torch.device("meta"))  # any non-host device takes the same path as cuda
+    assert placed["lm_head.weight"] is placed["embed_tokens.weight"]
+    assert {t.device.type for t in placed.values()} == {"meta"}

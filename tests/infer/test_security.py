@@ -377,8 +377,10 @@ def test_an_alias_or_derived_constant_naming_a_missing_tensor_is_refused(tiny_ar
     with pytest.raises(ArtifactError, match=r"weights.aliases.lm_head.weight names 'no.such.tensor', which no weights"):
         NeuronModelForCausalLM.from_pretrained(root)
     root = _copy(tiny_artifact, tmp_path / "b")
-    name = next(iter(NeuronConfig.load(root).weights.derived))
-    _edit(root, lambda d: d["weights"]["derived"][name].update(source="no.such.tensor"))
+    # (a torch-export artifact derives nothing: packed weights are torch-aot's CPU kernel, so add the entry)
+    name = "lm_head.packed_weight"
+    _edit(root, lambda d: d["weights"]["derived"].update(
+        {name: {"op": "onednn_packed_linear", "source": "no.such.tensor", "args": {"batch_size": 1}}}))
     with pytest.raises(ArtifactError, match=f"weights.derived.{name} derives from 'no.such.tensor'"):
         NeuronModelForCausalLM.from_pretrained(root)
 

@@ -61,10 +61,11 @@ def _parse_decode_batches(ctx: click.Context, param: click.Parameter, value: str
 @click.option("--max_topk", "--max-topk", type=click.IntRange(min=1), default=256,
               help="Largest top_k the on-device sampler supports.")
 @click.option("--prepack-weights/--no-prepack-weights", default=None,
-              help="Decode on weights pre-packed at load for MKL's GEMV (default: on for cpu float32).")
+              help="Decode on weights pre-packed at load for oneDNN's linear (backend torch-aot, target cpu; "
+                   "default: on for float32).")
 @click.option("--prefill-upcast/--no-prefill-upcast", default=None,
-              help="Prefill GEMMs in float32 from bfloat16/float16 weights (default: on when this CPU has no "
-                   "native 16-bit GEMM, e.g. AVX2-only hosts, where it is ~5x faster).")
+              help="Prefill GEMMs in float32 from bfloat16/float16 weights (backend torch-aot, target cpu; default: "
+                   "on when this CPU has no native 16-bit GEMM, e.g. AVX2-only hosts, where it is ~5x faster).")
 @click.option("--backend", default="torch-aot", help="Compile backend (see --list-backends).")
 @click.option("--target", default=None, help="Device target, e.g. cpu, cuda, trn1, inf2; default: the backend's.")
 @click.option("--atol", type=float, default=None, callback=_parse_atol,

@@ -39,7 +39,7 @@ from neuron_cache.signature import STATIC_FIELDS
 from neuron_cache.store import CompileCache, graph_cache_key
 from neuron_cache.trust import record_trusted
 from neuron_export.__about__ import __version__
-from neuron_export.backends import GraphJob, check_target, get_backend
+from neuron_export.backends import GraphJob, KernelChoice, check_target, get_backend
 from neuron_export.convert import rank_weights, sharding_plan, tied_aliases
 from neuron_export.errors import ExportError, ShapeError, UnsupportedArchitectureError
 from neuron_export.models import family_for, supported_model_types
@@ -76,8 +76,8 @@ class ExportOptions:
     disable_neuron_cache: bool = False
     cache_url: str | None = None
     revision: str | None = None
-    prepack_weights: bool | None = None  # None: on where the target supports it (cpu, float32, MKL)
-    prefill_upcast: bool | None = None  # None: on for 16-bit dtypes when this CPU lacks native 16-bit GEMMs
+    prepack_weights: bool | None = None  # None: the backend decides (torch-aot, cpu: on for float32 with oneDNN)
+    prefill_upcast: bool | None = None  # None: the backend decides (torch-aot, cpu: on when no native 16-bit GEMMs)
     flags: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -122,7 +122,9 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
     backend = get_backend(options.backend)
     target = options.target or backend.default_target
     check_target(backend, target)
-    shapes = _shapes(options, hf_config, dtype, _prepack(options, dtype, target), _prefill_upcast(options, dtype, target))
+    shapes = _shapes(options, hf_config, dtype)
+    kernels = backend.choose_kernels(target, dtype, prepack_weights=options.prepack_weights,
+                                     prefill_upcast=options.prefill_upcast)
     cache = CompileCache.from_env(options.cache_url, enabled=not options.disable_neuron_cache)
     log(f"Exporting {options.model} ({hf_config.model_type}, {family.__name__}) for {task}: batch {shapes.batch_size}, "
         f"sequence {shapes.sequence_length}, buckets {shapes.context_buckets}, {dtype}, backend {backend.name}/{target}")
@@ -146,7 +148,8 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
         (out / GRAPHS_DIR).mkdir()
         (out / WEIGHTS_DIR).mkdir()
         with tracing_world(tp):
-            graphs, compile_seconds = _compile_graphs(model, shapes, backend, target, options, out, log, cache)
+            graphs, derived, compile_seconds = _compile_graphs(model, shapes, kernels, backend, target, options, out,
+                                                               log, cache)
 
         weight_files = _write_weights(model, out) if tp == 1 else _write_rank_weights(model, full, plan, tp, out)
         _copy_checkpoint_files(source, hf_config, out)
@@ -174,13 +177,13 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
                 files=[FileEntry(path=f, sha256=sha256_file(out / f), rank=rank) for f, rank in weight_files],
                 sharding={k: ShardSpec(**v) for k, v in plan.items()},
                 aliases=tied_aliases(model),
-                derived={k: DerivedTensor(**v) for k, v in model.derived_constants().items()},
+                derived={k: DerivedTensor(**v) for k, v in derived.items()},
             ),
             state=[TensorSpec(name=n, shape=list(b.shape), dtype=str(b.dtype).removeprefix("torch."))
                    for n, b in model.named_buffers() if n in set(model.state_names())],
             metadata={"eos_token_id": getattr(hf_config, "eos_token_id", None),
                       "cpu_isa": torch.backends.cpu.get_cpu_capability() if target == "cpu" else None,
-                      "prefill_matmul_dtype": "float32" if shapes.prefill_upcast else dtype},
+                      "prefill_matmul_dtype": "float32" if kernels.prefill_upcast else dtype},
         )
         config.save(out)
 
@@ -200,12 +203,16 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
                         validation_max_diff=max_diff, cache_stats=cache.stats.as_dict())
 
 
-def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: ExportOptions, out: Path, log: Log,
-                    cache):
-    """One graph per context bucket plus token generation, each through the compile cache."""
+def _compile_graphs(model, shapes: StaticShapes, kernels: KernelChoice, backend, target: str, options: ExportOptions,
+                    out: Path, log: Log, cache):
+    """One graph per context bucket plus token generation, each through the compile cache.
+
+    Returns the graph entries, the constants the graphs bind that the runtime derives at load
+    (`weights.derived`, the backend's kernels' doing), and the seconds each graph took."""
     jobs = [("context_encoding", b, None) for b in shapes.context_buckets] + [("token_generation", None, None)]
     jobs += [("token_generation", None, rows) for rows in shapes.decode_batches]
     graphs: dict[str, GraphEntry] = {}
+    derived: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
     backend_id = {"name": backend.name, "target": target, "package_version": __version__,
                   "graph_code": graph_code_digest(), **backend.versions()}
@@ -224,21 +231,29 @@ def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: 
                        example_inputs=model.example_inputs(role, bucket, rows),
                        input_names=model.input_names(role, rows), flags=dict(options.flags),
                        static={**{k: v for k, v in _graph_shape_fields(shapes).items() if k in STATIC_FIELDS},
-                               "rows": rows, "vocab_size": model.arch.vocab_size})
+                               "rows": rows, "vocab_size": model.arch.vocab_size}, kernels=kernels)
         signature = model.signature(role, bucket, rows)
-        shape_fields = _graph_shape_fields(shapes) | ({"decode_rows": rows} if rows is not None else {})
+        # The kernel choice is part of the key: a graph compiled with packing never serves an export without it.
+        shape_fields = (_graph_shape_fields(shapes) | asdict(kernels)
+                        | ({"decode_rows": rows} if rows is not None else {}))
         key = graph_cache_key(model_config=asdict(model.arch), shape_fields=shape_fields, role=role,
                               bucket=bucket, backend=backend_id, flags=flags)
         filename = f"{name}{backend.file_extension}"
         compiles_before = cache.stats.compiles
         t = time.perf_counter()
 
-        def compile_fn(path: Path, job: GraphJob = job, signature: dict = signature, i: int = i) -> None:
+        graph_derived = backend.derived_constants(job, target)  # known without compiling: cached graphs need it too
+
+        def compile_fn(path: Path, job: GraphJob = job, signature: dict = signature, i: int = i,
+                       expected_derived: dict = graph_derived) -> None:
             log(f"[{i}/{len(jobs)}] compiling {job.name} ...")
             compiled = backend.compile(job, path, target)
             if compiled.outputs != signature["outputs"]:
                 raise ExportError(f"backend {backend.name} produced outputs {compiled.outputs} for {job.name}, "
                                   f"expected {signature['outputs']}")
+            if compiled.derived != expected_derived:
+                raise ExportError(f"backend {backend.name} compiled {job.name} with derived constants "
+                                  f"{sorted(compiled.derived)}, but announced {sorted(expected_derived)}; report a bug")
 
         cached = cache.get_or_compile(key, compile_fn, filename=filename, meta={"graph": name, **signature})
         rel = f"{GRAPHS_DIR}/{filename}"
@@ -250,6 +265,7 @@ def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: 
         seconds[name] = time.perf_counter() - t
         how = "compiled" if cache.stats.compiles > compiles_before else "from the compile cache"
         log(f"[{i}/{len(jobs)}] {name}: {how} in {seconds[name]:.1f} s")
+        derived.update(graph_derived)
         graphs[name] = GraphEntry(
             file=rel, sha256=digest, role=role, bucket=bucket, rows=rows,
             inputs=[TensorSpec(**s) for s in signature["inputs"]],
@@ -258,7 +274,7 @@ def _compile_graphs(model, shapes: StaticShapes, backend, target: str, options: 
         )
     model.decode_rows = None
     model.reset_state()
-    return graphs, seconds
+    return graphs, derived, seconds
 
 
 GRAPH_CODE_DIRS = ("models", "backends")
@@ -288,13 +304,12 @@ def _graph_shape_fields(shapes: StaticShapes) -> dict[str, Any]:
     graph for bucket 128 is the same whichever other buckets an export asks for."""
     return {"batch_size": shapes.batch_size, "sequence_length": shapes.sequence_length, "torch_dtype": shapes.dtype,
             "on_device_sampling": shapes.on_device_sampling, "max_topk": shapes.max_topk,
-            "tensor_parallel_size": shapes.tensor_parallel_size, "prepacked_decode": shapes.prepacked_decode,
-            "prefill_upcast": shapes.prefill_upcast}
+            "tensor_parallel_size": shapes.tensor_parallel_size}
 
 
 def _bound_tensors(model) -> dict[str, torch.Tensor]:
     """Every constant the graphs bind except the KV cache: parameters (each tensor once) and rope tables."""
-    skip = set(model.state_names()) | set(model.derived_constants())  # runtime-allocated or runtime-derived
+    skip = set(model.state_names())  # runtime-allocated (derived constants exist only while a graph is traced)
     tensors = {n: p.detach().contiguous() for n, p in model.named_parameters()}
     tensors.update({n: b.contiguous() for n, b in model.named_buffers() if n not in skip})
     return tensors
@@ -351,26 +366,6 @@ def _save_generation_config(hf_config, out: Path) -> None:
     GenerationConfig.from_model_config(hf_config).save_pretrained(out)
 
 
-def _prepack(options: ExportOptions, dtype: str, target: str) -> bool:
-    from neuron_export.models.linear import prepack_available
-
-    available = prepack_available(dtype, target)
-    if options.prepack_weights and not available:
-        raise ExportError(
-            f"--prepack-weights needs target cpu, float32 and an MKL build of torch (got target {target}, {dtype}); "
-            "drop the flag"
-        )
-    return available if options.prepack_weights is None else options.prepack_weights
-
-
-def _prefill_upcast(options: ExportOptions, dtype: str, target: str) -> bool:
-    from neuron_export.models.linear import prefill_upcast_wanted
-
-    if options.prefill_upcast is not None:
-        return options.prefill_upcast and dtype in ("bfloat16", "float16")
-    return prefill_upcast_wanted(dtype, target)
-
-
 def _task(task: str, hf_config) -> str:
     if task not in ("auto", "text-generation"):
         raise ExportError(f"--task {task!r} is not supported yet; supported: text-generation (or auto)")
@@ -393,7 +388,7 @@ def _dtype(requested: str, hf_config, is_gguf: bool) -> str:
     return name if name in DEFAULT_ATOL else "float32"
 
 
-def _shapes(options: ExportOptions, hf_config, dtype: str, prepacked: bool, upcast: bool) -> StaticShapes:
+def _shapes(options: ExportOptions, hf_config, dtype: str) -> StaticShapes:
     max_ctx = options.max_context_length or options.sequence_length
     buckets = options.context_buckets or default_buckets(max_ctx)
     if options.max_context_length is None and options.context_buckets:
@@ -429,5 +424,4 @@ def _shapes(options: ExportOptions, hf_config, dtype: str, prepacked: bool, upca
     return StaticShapes(batch_size=options.batch_size, sequence_length=options.sequence_length,
                         decode_batches=list(decode_batches),
                         context_buckets=buckets, dtype=dtype, on_device_sampling=options.on_device_sampling,
-                        max_topk=options.max_topk, prepacked_decode=prepacked, prefill_upcast=upcast,
-                        tensor_parallel_size=tp)
+                        max_topk=options.max_topk, tensor_parallel_size=tp)

@@ -130,9 +130,25 @@ def _zeros_state(spec) -> torch.Tensor:
     return torch.zeros(spec.shape, dtype=dtype)
 
 
+def _place(constants: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """`constants` on `device`, tied tensors (aliases) still one tensor each. Free on cpu: nothing moves."""
+    if device.type == "cpu":
+        return constants
+    moved: dict[int, torch.Tensor] = {}
+    for tensor in constants.values():
+        if id(tensor) not in moved:
+            moved[id(tensor)] = tensor.to(device)
+    return {name: moved[id(tensor)] for name, tensor in constants.items()}
+
+
 class DecoderRuntime:
     """`trust_remote_code`: consent to run graphs this machine did not compile (see neuron_cache.trust);
-    `origin` names where the artifact came from (a Hub id) in the refusal."""
+    `origin` names where the artifact came from (a Hub id) in the refusal.
+
+    Constants live, and graphs run, on the artifact's `target.device`; callers pass and get CPU tensors.
+    Only cuda differs from the host (a plugin backend's device takes host tensors, its loader places them).
+    The cuda path is written but unverified: these machines have no GPU.
+    """
 
     def __init__(self, artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):
         self.root, self.config = artifact.root, artifact.config
@@ -149,6 +165,7 @@ class DecoderRuntime:
                           "because trust_remote_code=True", stacklevel=2)
         self.artifact = artifact
         self.rank = _rank(self.config)  # which weights shard this process binds (0 without tensor parallelism)
+        self.device = torch.device("cuda" if self.config.target.device == "cuda" else "cpu")
         self.constants = self._load_constants()
         self._lock = threading.Lock()
         self._prefill: dict[int, Graph] = {}
@@ -173,8 +190,8 @@ class DecoderRuntime:
             constants[alias] = constants[name]
         for spec in self.config.state:
             constants[spec.name] = _zeros_state(spec)
-        derive_constants(self.config, constants)
-        return constants
+        derive_constants(self.config, constants)  # on the host: derived ops are CPU layouts (oneDNN)
+        return _place(constants, self.device)
 
     def _load(self, name: str) -> Graph:
         entry = self.config.graphs[name]
@@ -207,6 +224,14 @@ class DecoderRuntime:
             self.rows_graph(rows)
 
     # ---- execution -----------------------------------------------------------------------------
+    # Graph inputs go to the artifact's device and outputs come back to the host; on cpu both return
+    # their argument as it is (one comparison per call: no copy, nothing measurable).
+    def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return inputs if self.device.type == "cpu" else {k: v.to(self.device) for k, v in inputs.items()}
+
+    def _to_host(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return outputs if self.device.type == "cpu" else {k: v.cpu() for k, v in outputs.items()}
+
     @property
     def batch_size(self) -> int:
         return self.config.batch_size
@@ -251,7 +276,7 @@ class DecoderRuntime:
             inputs |= {"sampling_params": sampling.view(1, -1), "rand": rand.view(1)}
             output = "tokens"
         with torch.no_grad():
-            return self.prefill_graph(bucket)(**inputs)[output][0]
+            return self._to_host(self.prefill_graph(bucket)(**self._to_device(inputs)))[output][0]
 
     def decode_slots(self, slots: list[int], tokens: torch.Tensor, positions: torch.Tensor,
                      sampling: torch.Tensor | None = None, rand: torch.Tensor | None = None) -> torch.Tensor:
@@ -278,7 +303,7 @@ class DecoderRuntime:
             inputs |= {"sampling_params": sampling.view(n, -1)[pick], "rand": rand.view(-1)[pick]}
             output = "tokens"
         with torch.no_grad():
-            return self.rows_graph(rows)(**inputs)[output][:n]
+            return self._to_host(self.rows_graph(rows)(**self._to_device(inputs)))[output][:n]
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, sampling: torch.Tensor | None = None,
                rand: torch.Tensor | None = None) -> torch.Tensor:
@@ -291,7 +316,7 @@ class DecoderRuntime:
             inputs |= {"sampling_params": sampling, "rand": rand}
             output = "tokens"
         with torch.no_grad():
-            return self._decode(**inputs)[output]
+            return self._to_host(self._decode(**self._to_device(inputs)))[output]
 
 
 def load_runtime(artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):

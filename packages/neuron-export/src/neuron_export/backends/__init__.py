@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from neuron_export.backends.base import Backend, CompiledGraph, GraphJob
+from neuron_export.backends.base import Backend, CompiledGraph, GraphJob, KernelChoice
 from neuron_export.backends.neuron import NEURON_TARGETS
 from neuron_export.errors import ExportError
 
@@ -61,5 +61,6 @@ def describe_backends() -> list[str]:
     return [f"{name:14s} {text}" for name, text in BACKEND_DESCRIPTIONS.items()]
 
 
-__all__ = ["TARGETS", "Backend", "CompiledGraph", "GraphJob", "check_target", "describe_backends", "get_backend"]
+__all__ = ["TARGETS", "Backend", "CompiledGraph", "GraphJob", "KernelChoice", "check_target", "describe_backends",
+           "get_backend"]
 

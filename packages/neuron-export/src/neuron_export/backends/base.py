@@ -16,6 +16,16 @@ from typing import Any
 import torch
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KernelChoice:
+    """Backend-specific kernels an export's graphs are compiled with, chosen by the backend
+    (`Backend.choose_kernels`); the model never sees them. Part of every graph's compile-cache key: a graph
+    compiled with packing must never be served to an export without it."""
+
+    prepacked_decode: bool = False  # decode GEMVs on weights pre-packed at load (backends/cpu_kernels.py)
+    prefill_upcast: bool = False  # prefill GEMMs in float32 from 16-bit weights (backends/cpu_kernels.py)
+
+
 @dataclass(kw_only=True, slots=True)
 class GraphJob:
     """One graph to compile: a module whose `forward` is the graph, and its example inputs."""
@@ -30,6 +40,7 @@ class GraphJob:
     # The config fields this graph is compiled for (batch_size, sequence_length, torch_dtype, rows, ...):
     # written into the graph's signature, which the runtime checks neuron_config.json against.
     static: dict[str, Any] = field(default_factory=dict)
+    kernels: KernelChoice = field(default_factory=KernelChoice)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -40,6 +51,8 @@ class CompiledGraph:
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     mutated_state: list[str]
+    # Constants the graph binds that the runtime computes at load (`weights.derived`): name -> {op, source, args}.
+    derived: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Backend(ABC):
@@ -55,6 +68,22 @@ class Backend(ABC):
         """compiler_version and torch_version: part of every cache key and of the artifact."""
 
     def default_flags(self, target: str) -> dict[str, Any]:
+        return {}
+
+    def choose_kernels(self, target: str, dtype: str, *, prepack_weights: bool | None,
+                       prefill_upcast: bool | None) -> KernelChoice:
+        """The kernels this backend compiles an export's graphs with, from the user's options (None: the
+        backend decides). By default none; an explicit request for one is refused rather than ignored."""
+        from neuron_export.errors import ExportError
+
+        for flag, asked in (("--prepack-weights", prepack_weights), ("--prefill-upcast", prefill_upcast)):
+            if asked:
+                raise ExportError(f"{flag}: backend {self.name} (target {target}) compiles no CPU kernels; it is a "
+                                  "choice of backend torch-aot with target cpu. Drop the flag or use --backend torch-aot")
+        return KernelChoice()
+
+    def derived_constants(self, job: GraphJob, target: str) -> dict[str, dict[str, Any]]:
+        """What `compile` would report in `CompiledGraph.derived`, without compiling (for cached graphs)."""
         return {}
 
     @abstractmethod

@@ -7,8 +7,9 @@
 - `torch-export`: the ExportedProgram alone, run without C++ compilation. ~10x faster to build,
   meant for tests; the saved program carries its constants, which neuron-infer's loader replaces.
 
-Faster decode kernels (pre-packed weights, dedicated GEMV) slot in here as inductor options or as
-another backend: graphs, artifact layout and runtime stay the same.
+Backend-specific kernels are this module's choice, not the model's: for target cpu, torch-aot traces
+each graph with `cpu_kernels.applied` (pre-packed decode weights, float32 prefill GEMMs); torch-export and
+cuda graphs trace the shared model as it is.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 import torch
 
 from neuron_cache.signature import SIGNATURE_KEY
-from neuron_export.backends.base import Backend, CompiledGraph, GraphJob, tensor_spec
+from neuron_export.backends import cpu_kernels
+from neuron_export.backends.base import Backend, CompiledGraph, GraphJob, KernelChoice, tensor_spec
 from neuron_export.backends.signature import graph_signature, inductor_cpu_features
 
 
@@ -59,12 +61,25 @@ class TorchAOTBackend(Backend):
             flags["cpp.threads"] = 1
         return flags
 
+    def choose_kernels(self, target: str, dtype: str, *, prepack_weights: bool | None,
+                       prefill_upcast: bool | None) -> KernelChoice:
+        if target != "cpu":  # the CUDA path compiles the model as it is (Inductor picks its GEMMs)
+            return super().choose_kernels(target, dtype, prepack_weights=prepack_weights, prefill_upcast=prefill_upcast)
+        return cpu_kernels.choose(dtype, prepack_weights, prefill_upcast)
+
+    def derived_constants(self, job: GraphJob, target: str) -> dict[str, dict[str, Any]]:
+        if target != "cpu":
+            return {}
+        return cpu_kernels.derived_constants(job.module, job.kernels, job.role, job.static["batch_size"])
+
     def compile(self, job: GraphJob, out_file: Path, target: str) -> CompiledGraph:
         if target not in ("cpu", "cuda"):
             raise ValueError(f"backend '{self.name}' compiles for target cpu or cuda, not '{target}'")
         device = torch.device(target)
         module = job.module.to(device)
-        ep = _trace(replace(job, example_inputs=tuple(t.to(device) for t in job.example_inputs)))
+        kernels = job.kernels if target == "cpu" else KernelChoice()  # (CPU kernels: cpu_kernels.py)
+        with cpu_kernels.applied(module, kernels, job.role, job.static["batch_size"]) as derived:
+            ep = _trace(replace(job, example_inputs=tuple(t.to(device) for t in job.example_inputs)))
         inputs, outputs, mutated = _signature(job, ep)
         flags = {**self.default_flags(target), **job.flags}
         # The signature is compiled into the package's metadata: the runtime checks the config and every
@@ -74,7 +89,7 @@ class TorchAOTBackend(Backend):
         flags["aot_inductor.metadata"] = {**flags.get("aot_inductor.metadata", {}), SIGNATURE_KEY: signature.to_json()}
         torch._inductor.aoti_compile_and_package(ep, package_path=str(out_file), inductor_configs=flags)
         module.to("cpu")
-        return CompiledGraph(file=out_file, inputs=inputs, outputs=outputs, mutated_state=mutated)
+        return CompiledGraph(file=out_file, inputs=inputs, outputs=outputs, mutated_state=mutated, derived=derived)
 
 
 

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuron_export.models.linear import PACK_OP, Linear
 from neuron_export.models.parallel import all_reduce, gather_vocab, local_token_rows, rank_arch, vocab_shard_rows
 from neuron_export.models.sampling import sample_on_device
 from neuron_export.models.spec import DecoderArch, StaticShapes
@@ -58,8 +57,8 @@ class Attention(nn.Module):
         super().__init__()
         self.arch, self.layer, self.tp = arch, layer, shapes.tensor_parallel_size
         hd, nh, nkv = arch.head_dim, arch.num_heads, arch.num_kv_heads
-        self.qkv_proj = Linear(arch.hidden_size, (nh + 2 * nkv) * hd, bias=arch.qkv_bias)
-        self.o_proj = Linear(nh * hd, arch.hidden_size, bias=arch.o_bias)
+        self.qkv_proj = nn.Linear(arch.hidden_size, (nh + 2 * nkv) * hd, bias=arch.qkv_bias)
+        self.o_proj = nn.Linear(nh * hd, arch.hidden_size, bias=arch.o_bias)
         if arch.qk_norm:
             self.q_norm = RMSNorm(hd, arch.rms_norm_eps)
             self.k_norm = RMSNorm(hd, arch.rms_norm_eps)
@@ -125,8 +124,8 @@ class MLP(nn.Module):
         super().__init__()
         self.tp = tp
         self.intermediate = arch.intermediate_size
-        self.gate_up_proj = Linear(arch.hidden_size, 2 * arch.intermediate_size, bias=arch.mlp_bias)
-        self.down_proj = Linear(arch.intermediate_size, arch.hidden_size, bias=arch.mlp_bias)
+        self.gate_up_proj = nn.Linear(arch.hidden_size, 2 * arch.intermediate_size, bias=arch.mlp_bias)
+        self.down_proj = nn.Linear(arch.intermediate_size, arch.hidden_size, bias=arch.mlp_bias)
         self.act = ACTIVATIONS[arch.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,15 +167,13 @@ class DecoderModel(nn.Module):
             self.embed_tokens.register_buffer("local_ids", local_token_rows(arch.vocab_size, tp, 0))
         self.layers = nn.ModuleList(DecoderLayer(local, shapes, i) for i in range(arch.num_layers))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.lm_head = Linear(arch.hidden_size, rows, bias=False)
+        self.lm_head = nn.Linear(arch.hidden_size, rows, bias=False)
         if arch.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         rot = arch.rotary_dim or arch.head_dim
         dtype = getattr(torch, shapes.dtype)
         self.register_buffer("rope_cos", torch.zeros(shapes.sequence_length, rot, dtype=dtype))
         self.register_buffer("rope_sin", torch.zeros(shapes.sequence_length, rot, dtype=dtype))
-        if shapes.prepacked_decode:
-            self.enable_prepacked_decode()
 
     @property
     def role(self) -> str:
@@ -184,26 +181,7 @@ class DecoderModel(nn.Module):
 
     @role.setter
     def role(self, role: str) -> None:
-        # Pre-packed weights serve the decode GEMVs only (they are packed for the batch size);
-        # float32 upcasting serves the prefill GEMMs only (decode is bandwidth-bound: 16-bit reads win).
         self._role = role
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.packed_active = role == "token_generation"
-                module.upcast_active = role == "context_encoding" and self.shapes.prefill_upcast
-
-    def enable_prepacked_decode(self) -> None:
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.enable_packing(self.shapes.batch_size)
-
-    def derived_constants(self) -> dict[str, dict]:
-        """Constants the runtime computes at load (never stored): name -> {op, source, args}."""
-        return {
-            f"{name}.packed_weight": {"op": PACK_OP, "source": f"{name}.weight", "args": {"batch_size": m.pack_batch}}
-            for name, m in self.named_modules()
-            if isinstance(m, Linear) and hasattr(m, "packed_weight")
-        }
 
     # ---- graph entry points ------------------------------------------------------------------
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:

@@ -64,8 +64,6 @@ class StaticShapes:
     dtype: str = "float32"
     on_device_sampling: bool = False
     max_topk: int = 256
-    prepacked_decode: bool = False  # decode GEMVs on weights pre-packed at load (see models/linear.py)
-    prefill_upcast: bool = False  # prefill GEMMs in float32 from 16-bit weights (see models/linear.py)
     # Extra token-generation graphs over a subset of the slots (seq_ids input), each smaller than
     # batch_size: with few live sequences, a step costs what those rows cost, not the whole batch.
     decode_batches: list[int] = field(default_factory=list)
