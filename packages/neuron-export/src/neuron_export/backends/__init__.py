@@ -8,12 +8,31 @@ from neuron_export.backends.base import Backend, CompiledGraph, GraphJob, Kernel
 from neuron_export.backends.neuron import NEURON_TARGETS
 from neuron_export.errors import ExportError
 
+# An out-of-tree compile backend adds itself without editing neuron-export: an entry point in this group, named
+# after the backend, pointing at a `Backend` subclass. Its graphs are run by the loader registered under the same
+# name in neuron-infer's `neuron_infer.backends` group (neuron_infer/graphs.py). Built-in names win.
+ENTRY_POINT_GROUP = "neuron_export.backends"
+
 
 def _registry() -> dict[str, type[Backend]]:
     from neuron_export.backends.neuron import NeuronBackend
     from neuron_export.backends.torch_aot import TorchAOTBackend, TorchExportBackend
 
-    return {b.name: b for b in (TorchAOTBackend, TorchExportBackend, NeuronBackend)}
+    builtin = {b.name: b for b in (TorchAOTBackend, TorchExportBackend, NeuronBackend)}
+    return {**plugin_backends(), **builtin}
+
+
+def plugin_backends() -> dict[str, type[Backend]]:
+    from importlib.metadata import entry_points
+
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        backend = ep.load()
+        if not (isinstance(backend, type) and issubclass(backend, Backend)):
+            raise ExportError(f"entry point {ep.name} = {ep.value} in group {ENTRY_POINT_GROUP} is not a "
+                              "neuron_export.backends.Backend subclass; fix or uninstall the package that declares it")
+        found[ep.name] = backend
+    return found
 
 
 BACKEND_DESCRIPTIONS = {
@@ -58,7 +77,9 @@ def check_target(backend: Backend, target: str) -> None:
 
 
 def describe_backends() -> list[str]:
-    return [f"{name:14s} {text}" for name, text in BACKEND_DESCRIPTIONS.items()]
+    plugins = {name: f"(plugin) {(cls.__doc__ or cls.__name__).strip().splitlines()[0]}"
+               for name, cls in plugin_backends().items() if name not in BACKEND_DESCRIPTIONS}
+    return [f"{name:14s} {text}" for name, text in {**BACKEND_DESCRIPTIONS, **plugins}.items()]
 
 
 __all__ = ["TARGETS", "Backend", "CompiledGraph", "GraphJob", "KernelChoice", "check_target", "describe_backends",
