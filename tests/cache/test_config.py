@@ -150,7 +150,7 @@ MALFORMED = [
          f"are rejected so that a typo never silently falls back to a default). Allowed: {GRAPH_FIELDS}."),
     case("unknown-shard-field", put(("weights", "sharding", QKV, "split"), "qkv"), f"weights.sharding.{QKV}.split",
          "is not a field of this schema version (unknown fields are rejected so that a typo never silently falls "
-         "back to a default). Allowed: partition_dim, segments, granule, layout."),
+         "back to a default). Allowed: partition_dim, segments, granule, replicable, layout."),
     case("unknown-producer-field", put(("producer", "commit"), "abc123"), "producer.commit",
          "field 'producer.commit' = 'abc123': is not a field of this schema version"),
     case("missing-model-type", drop(("model_type",)), "model_type",

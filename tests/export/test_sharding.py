@@ -168,3 +168,36 @@ def test_splitting_a_head_across_ranks_raises(decoder: Decoder):
     spec = decoder.plan[name]
     with pytest.raises(ValueError):
         shard(decoder.weights[name], spec["partition_dim"], spec["segments"], 8, spec["granule"])
+
+
+@pytest.mark.parametrize("decoder", ["llama"], indirect=True)
+def test_kv_heads_fewer_than_ranks_are_replicated_beside_their_q_heads(decoder: Decoder):
+    """8 q heads / 4 kv heads over 8 ranks: rank r holds q head r and kv head r // 2, the one q head r reads."""
+    c, hd = decoder.config, SIZES["head_dim"]
+    name = "layers.1.attn.qkv_proj.weight"
+    spec = decoder.plan[name]
+    assert spec["replicable"] == [False, True, True]
+    shards = shard(decoder.weights[name], 0, spec["segments"], 8, spec["granule"], replicable=spec["replicable"])
+    for r, s in enumerate(shards):
+        q, k, v = s.split([hd, hd, hd])
+        group = r // (c.num_attention_heads // c.num_key_value_heads)
+        assert torch.equal(q, hf_rows(decoder, 1, "q")[r * hd:(r + 1) * hd])
+        assert torch.equal(k, hf_rows(decoder, 1, "k")[group * hd:(group + 1) * hd])
+        assert torch.equal(v, hf_rows(decoder, 1, "v")[group * hd:(group + 1) * hd])
+    # q heads and row-parallel weights are never replicated: 16 ranks would split or duplicate them
+    with pytest.raises(ValueError, match="in whole heads of 8"):
+        shard(decoder.weights[name], 0, spec["segments"], 16, spec["granule"], replicable=spec["replicable"])
+
+
+@pytest.mark.parametrize("decoder", ["llama"], indirect=True)
+def test_vocab_and_partial_layouts(decoder: Decoder):
+    """Vocabulary rows padded to ceil(vocab / tp) plus a zero row per rank; a partial tensor on rank 0 only."""
+    w = decoder.weights["embed_tokens.weight"]  # 64 rows
+    shards = shard(w, 0, None, 5, layout="vocab")
+    assert [list(s.shape) for s in shards] == [[14, w.shape[1]]] * 5  # ceil(64 / 5) = 13 rows + the zero row
+    assert all(s[-1].abs().sum() == 0 for s in shards) and shards[4][12:].abs().sum() == 0  # 52..63, then padding
+    assert torch.equal(unshard(shards, 0, None, layout="vocab", size=64), w)
+    bias = torch.arange(6.0)
+    parts = shard(bias, None, None, 3, layout="partial")
+    assert torch.equal(parts[0], bias) and all(p.abs().sum() == 0 for p in parts[1:])
+    assert torch.equal(sum(parts), bias)  # what the all_reduce computes

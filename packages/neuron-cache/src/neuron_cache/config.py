@@ -115,6 +115,11 @@ class ShardSpec:
         default=None, metadata={"minimum": 1, "description": "each rank's slice of a segment must be a multiple of "
                                 "this (head_dim for attention projections, so no head is split across ranks)"},
     )
+    replicable: list[bool] | None = field(
+        default=None, metadata={"omit_default": True, "description": "per segment: whether a segment of fewer "
+                                "granules than ranks is replicated (kv heads: rank r holds granule r // (tp / "
+                                "granules)) instead of refused"},
+    )
     layout: str | None = field(
         default=None, metadata={"enum": [*SHARD_LAYOUTS, None], "omit_default": True, "description": "vocab: vocabulary-parallel, each rank "
                                 "holds ceil(vocab/tp) rows plus one zero row that ids outside its range select; "

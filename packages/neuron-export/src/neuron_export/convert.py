@@ -83,18 +83,19 @@ def sharding_plan(family: type[Llama], model: DecoderModel) -> dict[str, dict]:
         dim, rule = family.SHARDING.get(template, (None, None))
         layout = rule if rule in SHARD_LAYOUTS else None
         plan[name] = {"partition_dim": dim, "segments": None if layout else family.segments(rule, model.arch),
-                      "granule": family.granule(template, model.arch), "layout": layout}
+                      "granule": family.granule(template, model.arch), "replicable": family.replicable(rule),
+                      "layout": layout}
     return plan
 
 
 def shard(
     tensor: torch.Tensor, partition_dim: int | None, segments: list[int] | None, tp: int, granule: int | None = None,
-    layout: str | None = None,
+    layout: str | None = None, replicable: list[bool] | None = None,
 ) -> list[torch.Tensor]:
     """Split one parameter across `tp` ranks; each fused segment is split separately, in whole granules.
 
-    A segment of fewer granules than ranks (kv heads fewer than ranks) is replicated instead: rank r holds
-    granule r // (tp / granules), the one its q heads attend to. `layout` (neuron_cache SHARD_LAYOUTS):
+    A segment marked `replicable` (kv heads) with fewer granules than ranks is replicated instead: rank r holds
+    granule r // (tp / granules), the one its q heads attend to. Any other split of a granule is refused. `layout` (neuron_cache SHARD_LAYOUTS):
     "vocab" pads the rows to tp * ceil(rows / tp) and gives every rank one extra zero row; "partial" gives
     rank 0 the tensor and the others zeros. See models/parallel.py.
     """
@@ -108,16 +109,17 @@ def shard(
         zero = padded[-1:]
         return [torch.cat([padded[r * rows:(r + 1) * rows], zero]) for r in range(tp)]
     parts = list(tensor.split(segments, dim=partition_dim)) if segments else [tensor]
-    per_part = [_split_segment(part, partition_dim, tp, granule) for part in parts]
+    replicable = replicable or [False] * len(parts)
+    per_part = [_split_segment(part, partition_dim, tp, granule, rep) for part, rep in zip(parts, replicable)]
     return [torch.cat([chunks[r] for chunks in per_part], dim=partition_dim) for r in range(tp)]
 
 
-def _split_segment(part: torch.Tensor, dim: int, tp: int, granule: int | None) -> list[torch.Tensor]:
+def _split_segment(part: torch.Tensor, dim: int, tp: int, granule: int | None, replicable: bool) -> list[torch.Tensor]:
     size = part.shape[dim]
     if size % tp == 0 and not (granule and (size // tp) % granule):
         return list(part.chunk(tp, dim=dim))
     units = size // granule if granule and size % granule == 0 else None
-    if units and tp % units == 0:  # replication: each granule on tp / units consecutive ranks
+    if replicable and units and tp % units == 0:  # replication: each granule on tp / units consecutive ranks
         return [part.narrow(dim, (r // (tp // units)) * granule, granule) for r in range(tp)]
     unit = f" in whole heads of {granule}" if granule else ""
     raise ValueError(
@@ -148,5 +150,5 @@ def rank_weights(tensors: dict[str, torch.Tensor], plan: dict[str, dict], tp: in
     for name, tensor in tensors.items():
         spec = plan.get(name, {})
         out[name] = shard(tensor, spec.get("partition_dim"), spec.get("segments"), tp, spec.get("granule"),
-                          spec.get("layout"))[rank].contiguous()
+                          spec.get("layout"), spec.get("replicable"))[rank].contiguous()
     return out

@@ -94,6 +94,11 @@ class Llama:
         return None
 
     @classmethod
+    def replicable(cls, rule: str | None) -> list[bool] | None:
+        """kv heads may be replicated over more ranks than there are of them; q heads never."""
+        return [False, True, True] if rule == "qkv" else None
+
+    @classmethod
     def segments(cls, rule: str | None, arch: DecoderArch) -> list[int] | None:
         if rule == "qkv":
             kv = arch.num_kv_heads * arch.head_dim
