@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 import weakref
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -125,6 +126,9 @@ class MultiRankRuntime:
                                               origin=origin, snapshot_dir=snapshots)
         finally:
             shutil.rmtree(snapshots, ignore_errors=True)
+        if self.trust.consented:
+            warnings.warn(f"{self.root}: running graphs not compiled on this machine ({', '.join(self.trust.untrusted)}) "
+                          "because trust_remote_code=True", stacklevel=3)
         self._lock = threading.Lock()
         self._failure: str | None = None
         self._rows = sorted(g.rows for g in self.config.graphs.values() if g.role == "token_generation" and g.rows)
