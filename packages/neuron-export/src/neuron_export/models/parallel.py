@@ -2,7 +2,7 @@
 
 A tensor-parallel artifact holds ONE graph per role and bucket, run by every rank (SPMD, as a Neuron
 NEFF is): the shapes are a rank's shapes, the collectives are part of the graph (functional
-all_reduce / all_gather over the default process group, which AOTInductor compiles into the package
+all_reduces over the default process group, which AOTInductor compiles into the package
 and runs over gloo on CPU), and everything that differs between ranks is a constant in that rank's
 weights file. Megatron's layout:
 
@@ -14,7 +14,8 @@ weights file. Megatron's layout:
 - the embedding is vocabulary-parallel: rank r holds rows [r*s, (r+1)*s) of the vocabulary
   (s = ceil(vocab / tp), padded with zero rows) plus one zero row; `local_ids` maps every token id to
   its row on this rank, or to the zero row, and an all_reduce sums the ranks' lookups. The lm_head
-  uses the same rows (tied or not) and all_gathers the logits.
+  uses the same rows (tied or not); its logits are spread over the vocabulary through the same map and
+  summed by one more all_reduce (`gather_vocab` says why not an all_gather).
 
 At tensor_parallel_size 1 none of this is in the graph: those graphs are exactly the single-device ones.
 """

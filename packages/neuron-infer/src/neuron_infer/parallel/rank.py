@@ -2,7 +2,7 @@
 
 The driver (parallel/ranks.py) sends every rank the same call; each runs it on its own
 `DecoderRuntime` (its weights shard, the shared graphs, collectives inside them), and rank 0, whose
-outputs are complete after the graphs' all-gather, sends them back. Tensors cross the pipe as numpy
+outputs are complete after the graphs' last all_reduce, sends them back. Tensors cross the pipe as numpy
 arrays: torch's multiprocessing pickler would move them through shared memory, which is one more
 thing to leak when a process dies.
 """
