@@ -369,6 +369,15 @@ class NeuronConfig:
             "shorten the prompt or re-export with a larger --max_context_length."
         )
 
+    @property
+    def decode_rows(self) -> list[int]:
+        """Row counts of the token-generation graphs over a subset of the slots, smallest first."""
+        return sorted(g.rows for g in self.graphs.values() if g.role == "token_generation" and g.rows is not None)
+
+    def rows_for(self, n: int) -> int | None:
+        """The smallest sub-batch decode graph that holds n sequences, or None (use the full batch)."""
+        return min((r for r in self.decode_rows if r >= n), default=None)
+
     def graphs_by_role(self, role: str) -> dict[str, GraphEntry]:
         return {k: g for k, g in self.graphs.items() if g.role == role}
 

@@ -170,10 +170,7 @@ class DecoderRuntime:
         self._lock = threading.Lock()
         self._prefill: dict[int, Graph] = {}
         self._decode = self._load(self.config.graph_for("token_generation"))
-        # Token-generation graphs over a subset of the slots, by row count (loaded on first use).
-        self._rows_graphs = {g.rows: name for name, g in self.config.graphs.items()
-                             if g.role == "token_generation" and g.rows is not None}
-        self._decode_rows: dict[int, Graph] = {}
+        self._decode_rows: dict[int, Graph] = {}  # sub-batch token-generation graphs by row count, loaded on use
 
     # ---- loading -------------------------------------------------------------------------------
     def _load_constants(self) -> dict[str, torch.Tensor]:
@@ -210,17 +207,17 @@ class DecoderRuntime:
     def rows_graph(self, rows: int) -> Graph:
         with self._lock:
             if rows not in self._decode_rows:
-                self._decode_rows[rows] = self._load(self._rows_graphs[rows])
+                self._decode_rows[rows] = self._load(self.config.graph_for("token_generation", rows=rows))
             return self._decode_rows[rows]
 
     def rows_for(self, n: int) -> int | None:
         """The smallest sub-batch decode graph that holds n sequences, or None (use the full batch)."""
-        return min((r for r in self._rows_graphs if r >= n), default=None)
+        return self.config.rows_for(n)
 
     def warmup(self) -> None:
         for bucket in self.config.context_buckets:
             self.prefill_graph(bucket)
-        for rows in self._rows_graphs:
+        for rows in self.config.decode_rows:
             self.rows_graph(rows)
 
     # ---- execution -----------------------------------------------------------------------------
@@ -289,7 +286,7 @@ class DecoderRuntime:
         rows = self.rows_for(n)
         if rows is None or n == 0:
             raise ValueError(f"no sub-batch decode graph holds {n} slots (this artifact has rows "
-                             f"{sorted(self._rows_graphs)}); use decode() over the whole batch")
+                             f"{self.config.decode_rows}); use decode() over the whole batch")
         self._check_ids(tokens, "tokens")
         self._check_positions(positions)
         if min(slots) < 0 or max(slots) >= self.batch_size:

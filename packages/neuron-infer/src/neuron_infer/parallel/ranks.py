@@ -131,7 +131,6 @@ class MultiRankRuntime:
                           "because trust_remote_code=True", stacklevel=3)
         self._lock = threading.Lock()
         self._failure: str | None = None
-        self._rows = sorted(g.rows for g in self.config.graphs.values() if g.role == "token_generation" and g.rows)
         self._ranks = _Ranks(self.root, self.tp, trust_remote_code, origin)
         self._finalizer = weakref.finalize(self, self._ranks.close, True)
         try:
@@ -156,7 +155,7 @@ class MultiRankRuntime:
         return list(self._ranks.pids)
 
     def rows_for(self, n: int) -> int | None:
-        return min((r for r in self._rows if r >= n), default=None)
+        return self.config.rows_for(n)
 
     def prefill(self, prompt, slot, sampling=None, rand=None):
         return self._call("prefill", prompt, slot, sampling, rand)
