@@ -44,7 +44,7 @@ from neuron_export.convert import rank_weights, sharding_plan, tied_aliases
 from neuron_export.errors import ExportError, ShapeError, UnsupportedArchitectureError
 from neuron_export.models import family_for, supported_model_types
 from neuron_export.models.build import bind_checkpoint, build_decoder
-from neuron_export.models.parallel import local_token_rows, rank_arch, tracing_world
+from neuron_export.models.parallel import rank_arch, tracing_world
 from neuron_export.models.spec import StaticShapes
 from neuron_export.output import OutputPlan
 from neuron_export.source import load_config, load_gguf_model, load_state_dict, load_tokenizer, resolve
@@ -142,7 +142,8 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
         family_, full = build_decoder(hf_config, replace(shapes, tensor_parallel_size=1))
         weights = bind_checkpoint(family_, full, hf_state)
         plan = sharding_plan(family_, full)
-        model = full if tp == 1 else _rank_model(hf_config, shapes, full, plan)
+        tensors = _bound_tensors(full)
+        model = full if tp == 1 else _rank_model(hf_config, shapes, tensors, plan)
         log(f"Loaded and converted {len(weights)} tensors in {time.perf_counter() - t:.1f} s")
 
         (out / GRAPHS_DIR).mkdir()
@@ -151,7 +152,7 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
             graphs, derived, compile_seconds = _compile_graphs(model, shapes, kernels, backend, target, options, out,
                                                                log, cache)
 
-        weight_files = _write_weights(model, out) if tp == 1 else _write_rank_weights(model, full, plan, tp, out)
+        weight_files = _write_weights(model, tensors, plan, out)
         _copy_checkpoint_files(source, hf_config, out)
         config = NeuronConfig(
             schema_version=SCHEMA_VERSION,
@@ -322,27 +323,22 @@ def _save(tensors: dict[str, torch.Tensor], out: Path, rel: str) -> str:
     return rel
 
 
-def _write_weights(model, out: Path) -> list[tuple[str, int | None]]:
-    return [(_save(_bound_tensors(model), out, f"{WEIGHTS_DIR}/model.safetensors"), None)]
-
-
-def _rank_model(hf_config, shapes: StaticShapes, full, plan: dict[str, dict]):
+def _rank_model(hf_config, shapes: StaticShapes, tensors: dict[str, torch.Tensor], plan: dict[str, dict]):
     """Rank 0's share of the model, holding rank 0's weights: the module every rank's graphs are traced from."""
     _, model = build_decoder(hf_config, shapes)
-    model.load_state_dict(rank_weights(_bound_tensors(full), plan, shapes.tensor_parallel_size, 0), strict=False)
+    model.load_state_dict(rank_weights(tensors, plan, shapes.tensor_parallel_size, 0), strict=False)
     return model
 
 
-def _write_rank_weights(model, full, plan: dict[str, dict], tp: int, out: Path) -> list[tuple[str, int | None]]:
-    """One file per rank, cut from the whole model by the sharding plan, plus each rank's own token map."""
-    tensors = _bound_tensors(full)
-    local_ids = set(_bound_tensors(model)) - set(tensors)  # rank-specific buffers (the embedding's token map)
-    files = []
-    for rank in range(tp):
-        shard = rank_weights(tensors, plan, tp, rank)
-        shard.update({n: local_token_rows(model.arch.vocab_size, tp, rank) for n in local_ids})
-        files.append((_save(shard, out, f"{WEIGHTS_DIR}/rank{rank}.safetensors"), rank))
-    return files
+def _write_weights(model, tensors: dict[str, torch.Tensor], plan: dict[str, dict],
+                   out: Path) -> list[tuple[str, int | None]]:
+    """The whole model's constants in one file; with tensor parallelism, one file per rank, cut by the sharding
+    plan, plus what the model itself knows per rank (its token map)."""
+    tp = model.tp
+    if tp == 1:
+        return [(_save(tensors, out, f"{WEIGHTS_DIR}/model.safetensors"), None)]
+    return [(_save(rank_weights(tensors, plan, tp, rank) | model.rank_buffers(rank), out,
+                   f"{WEIGHTS_DIR}/rank{rank}.safetensors"), rank) for rank in range(tp)]
 
 
 def _copy_checkpoint_files(source, hf_config, out: Path) -> None:

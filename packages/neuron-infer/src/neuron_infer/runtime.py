@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from neuron_cache import Artifact, ArtifactError, NeuronConfig
-from neuron_cache.trust import check_graphs_trusted
+from neuron_cache.trust import TrustDecision, check_graphs_trusted
 from neuron_infer.graphs import Graph, load_graph, plugin_loaders
 
 
@@ -141,6 +141,18 @@ def _place(constants: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {name: moved[id(tensor)] for name, tensor in constants.items()}
 
 
+def check_trust(artifact: Artifact, trust_remote_code: bool, origin: str | None,
+                snapshot_dir: Path | None = None) -> TrustDecision:
+    """Refuse graphs this machine did not compile unless consented (neuron_cache.trust), and say so when consent
+    is what lets them run. With `snapshot_dir`, the graphs are copied there as they are hashed."""
+    trust = check_graphs_trusted(artifact, artifact.config.graphs, trust_remote_code=trust_remote_code,
+                                 origin=origin, snapshot_dir=snapshot_dir)
+    if trust.consented:
+        warnings.warn(f"{artifact.root}: running graphs not compiled on this machine ({', '.join(trust.untrusted)}) "
+                      "because trust_remote_code=True", stacklevel=3)
+    return trust
+
+
 class DecoderRuntime:
     """`trust_remote_code`: consent to run graphs this machine did not compile (see neuron_cache.trust);
     `origin` names where the artifact came from (a Hub id) in the refusal.
@@ -158,11 +170,7 @@ class DecoderRuntime:
         # what runs is what was checked, even for buckets loaded later.
         snapshots = Path(tempfile.mkdtemp(prefix="neuron-infer-graphs-"))
         weakref.finalize(self, shutil.rmtree, snapshots, True)
-        self.trust = check_graphs_trusted(artifact, self.config.graphs, trust_remote_code=trust_remote_code,
-                                          origin=origin, snapshot_dir=snapshots)
-        if self.trust.consented:
-            warnings.warn(f"{self.root}: running graphs not compiled on this machine ({', '.join(self.trust.untrusted)}) "
-                          "because trust_remote_code=True", stacklevel=2)
+        self.trust = check_trust(artifact, trust_remote_code, origin, snapshots)
         self.artifact = artifact
         self.rank = _rank(self.config)  # which weights shard this process binds (0 without tensor parallelism)
         self.device = torch.device("cuda" if self.config.target.device == "cuda" else "cpu")
@@ -323,7 +331,6 @@ def load_runtime(artifact: Artifact, *, trust_remote_code: bool = False, origin:
     if tp != 1:
         from neuron_infer.parallel import MultiRankRuntime, joined_world
 
-        check_compatible(artifact.config, artifact.root, multi_rank=True)
         if not joined_world(tp, artifact.config.target.device):
             return MultiRankRuntime(artifact, trust_remote_code=trust_remote_code, origin=origin)
         # Under torchrun with one process per rank: this process runs its own rank, SPMD.

@@ -163,7 +163,7 @@ class DecoderModel(nn.Module):
         # Vocabulary-parallel embedding and head: this rank's rows plus one zero row (see parallel.py).
         rows = arch.vocab_size if tp == 1 else vocab_shard_rows(arch.vocab_size, tp) + 1
         self.embed_tokens = nn.Embedding(rows, arch.hidden_size)
-        if tp > 1:  # per rank: token id -> row of this shard (rank 0's values here; each rank's file has its own)
+        if tp > 1:  # token id -> row of this shard (rank 0's values here; each rank's file has its own: rank_buffers)
             self.embed_tokens.register_buffer("local_ids", local_token_rows(arch.vocab_size, tp, 0))
         self.layers = nn.ModuleList(DecoderLayer(local, shapes, i) for i in range(arch.num_layers))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
@@ -297,6 +297,12 @@ class DecoderModel(nn.Module):
         else:
             outputs = [{"name": "logits", "shape": [rows, self.arch.vocab_size], "dtype": "float32"}]
         return {"inputs": inputs, "outputs": outputs}
+
+    def rank_buffers(self, rank: int) -> dict[str, torch.Tensor]:
+        """The constants only this module knows per rank (not cut from the checkpoint): the token map."""
+        if self.tp == 1:
+            return {}
+        return {"embed_tokens.local_ids": local_token_rows(self.arch.vocab_size, self.tp, rank)}
 
     def state_names(self) -> list[str]:
         return [n for n, _ in self.named_buffers() if n.endswith(("k_cache", "v_cache"))]

@@ -78,9 +78,7 @@ class BatchExecutor:
                     rand: torch.Tensor | None = None) -> torch.Tensor:
         """Run the prompt through the context-encoding graph into `slot`'s KV rows: logits (vocab,) at its last
         token, or the token () sampled on device (`device_row`, `rand` are then required)."""
-        if self.on_device_sampling:
-            return self.runtime.prefill(prompt, slot, device_row, rand)
-        return self.runtime.prefill(prompt, slot)
+        return self.runtime.prefill(prompt, slot, device_row, rand)  # (the runtime ignores them without it)
 
     def decode_raw(self, slots: list[int], tokens: torch.Tensor, positions: torch.Tensor,
                    device_rows: torch.Tensor | None = None, rand: torch.Tensor | None = None,
@@ -96,8 +94,6 @@ class BatchExecutor:
         that garbage in its row 0: `hold` gives it (last token, its position), so it rewrites exactly
         the KV entry its next real decode will write, and its output is dropped.
         """
-        if not self.on_device_sampling:
-            device_rows = rand = None
         if 0 < len(slots) < self.batch_size and self.runtime.rows_for(len(slots)) is not None:
             return self.runtime.decode_slots(slots, tokens, positions, device_rows, rand)
         return self._decode_full(slots, tokens, positions, device_rows, rand, hold)

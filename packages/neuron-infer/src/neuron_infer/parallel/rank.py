@@ -9,7 +9,6 @@ thing to leak when a process dies.
 
 from __future__ import annotations
 
-import os
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
@@ -69,7 +68,7 @@ def rank_main(rank: int, conns: list[Connection], root: str, store_file: str, tp
         artifact = Artifact.open(root)
         join_rank_group(store_file, rank, tp, artifact.config.target.device)
         runtime = DecoderRuntime(artifact, trust_remote_code=trust_remote_code, origin=origin)
-        conn.send(("ready", {"vocab_size": runtime.vocab_size, "pid": os.getpid()}))
+        conn.send(("ready", {"vocab_size": runtime.vocab_size}))
     except BaseException as err:  # everything goes back to the driver, which raises it
         conn.send(("error", _error(err), traceback.format_exc()))
         return

@@ -5,8 +5,8 @@ Engine and the vLLM worker run on it unchanged: to them it is one runtime (vLLM 
 NxDI presents the NeuronCores of a model. Each call goes to every rank (parallel/rank.py); the ranks
 run their graphs, whose collectives synchronise them, and rank 0 returns the output.
 
-The processes are started by torch.multiprocessing (spawn) and, on a failure, torn down by its
-ProcessContext. A rank that dies is noticed while its call is awaited (its process sentinel and its
+The processes are started by torch.multiprocessing (spawn); `_Ranks.close` asks them to exit, then
+terminates and reaps what is left. A rank that dies is noticed while its call is awaited (its process sentinel and its
 pipe are watched together), and the caller gets RankFailedError naming the rank and the signal; the
 other ranks are stopped, the rendezvous directory removed, and the runtime refuses further calls.
 Like every spawn-based launcher (vLLM, DataLoader workers), a script that loads such an artifact must
@@ -19,14 +19,12 @@ import os
 import shutil
 import tempfile
 import threading
-import warnings
 import weakref
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 from neuron_cache import Artifact
-from neuron_cache.trust import check_graphs_trusted
 from neuron_infer.parallel.rank import from_wire, rank_main, to_wire
 
 # Loading a rank (import torch, open the graphs, bind the weights) takes seconds; compile-cache misses do
@@ -114,21 +112,14 @@ class _Ranks:
 
 class MultiRankRuntime:
     def __init__(self, artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):
-        from neuron_infer.runtime import check_compatible
+        from neuron_infer.runtime import check_compatible, check_trust
 
         self.artifact, self.root, self.config = artifact, artifact.root, artifact.config
         self.tp = self.config.tensor_parallel_size
         check_compatible(self.config, self.root, multi_rank=True)
-        # Refuse untrusted graphs here, before any process starts (each rank checks again what it loads).
-        snapshots = Path(tempfile.mkdtemp(prefix="neuron-infer-graphs-"))
-        try:
-            self.trust = check_graphs_trusted(artifact, self.config.graphs, trust_remote_code=trust_remote_code,
-                                              origin=origin, snapshot_dir=snapshots)
-        finally:
-            shutil.rmtree(snapshots, ignore_errors=True)
-        if self.trust.consented:
-            warnings.warn(f"{self.root}: running graphs not compiled on this machine ({', '.join(self.trust.untrusted)}) "
-                          "because trust_remote_code=True", stacklevel=3)
+        # Refuse untrusted graphs here, before any process starts. Nothing runs in this process, so no snapshot
+        # copies: each rank checks again, and loads from its own copies, what it runs.
+        self.trust = check_trust(artifact, trust_remote_code, origin)
         self._lock = threading.Lock()
         self._failure: str | None = None
         self._ranks = _Ranks(self.root, self.tp, trust_remote_code, origin)
