@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.procs import children_of
 from tp_testlib import export_tp
 
 from neuron_infer import NeuronModelForCausalLM
@@ -19,19 +20,6 @@ from neuron_infer.parallel import RankFailedError
 @pytest.fixture(scope="module")
 def tp2_artifact(tp_checkpoints, tmp_path_factory) -> Path:
     return export_tp(tp_checkpoints["llama"][0], tmp_path_factory.mktemp("faults") / "tp2", tp=2)
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-    return out
 
 
 def rank_dirs() -> set[str]:

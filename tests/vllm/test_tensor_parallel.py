@@ -11,6 +11,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from support.procs import live_pids, proc_stat
 from support.tiny import transformers_greedy
 from vllm_testlib import serve
 
@@ -19,28 +20,13 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.distributed]
 PROMPTS = [[1, 400, 1203, 77], [1, 9, 18000, 3, 5, 2048, 11, 310, 40000, 12]]
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, session id) of a live process, or None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[1]), int(fields[3])
-
-
 def rank_pids(server_pid: int) -> list[int]:
     """The rank processes: torch.multiprocessing children of a process (vLLM's engine core) that is itself a
     child of the server, in the server's session."""
-    procs = {int(p.name): _stat(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
-    procs = {pid: st for pid, st in procs.items() if st is not None and st[1] == server_pid}
+    procs = {pid: st for pid, st in live_pids().items() if st[1] == server_pid}
     engine = {pid for pid, (ppid, _) in procs.items() if ppid == server_pid}
-    ranks = []
-    for pid, (ppid, _) in procs.items():
-        if ppid in engine:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"spawn_main" in cmd:
-                ranks.append(pid)
-    return sorted(ranks)
+    return sorted(pid for pid, (ppid, _) in procs.items()
+                  if ppid in engine and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes())
 
 
 def test_serve_tp2_artifact_then_survive_a_dead_rank(tiny_tp2_artifact, tiny_reference, tmp_path):
@@ -67,4 +53,4 @@ def test_serve_tp2_artifact_then_survive_a_dead_rank(tiny_tp2_artifact, tiny_ref
         log = server.log.read_text()
         assert "tensor-parallel rank 1" in log and "SIGKILL" in log, log[-4000:]
     for pid in ranks:
-        assert _stat(pid) is None, f"rank process {pid} outlived the server"
+        assert proc_stat(pid) is None, f"rank process {pid} outlived the server"

@@ -38,9 +38,7 @@ def validate_artifact(root: Path, reference_model: torch.nn.Module, atol: float 
     ids = (torch.arange(n) * 7919 + 13) % int(reference_model.config.vocab_size)
     # Decode steps cycle through the sub-batch graphs and the full batch (None), so every compiled graph meets
     # transformers at least once when DECODE_STEPS allows.
-    decoders: list[int | None] = sorted(g.rows for g in config.graphs.values()
-                                        if g.role == "token_generation" and g.rows is not None)
-    decoders.append(None)
+    decoders: list[int | None] = [*config.decode_rows, None]
     sampling = config.on_device_sampling
     greedy = lambda rows: (torch.tensor([GREEDY_ROW] * rows), torch.zeros(rows)) if sampling else (None, None)  # noqa: E731
     # The last slot, not 0: a graph that ignored its seq_id/seq_ids input would land in slot 0.
