@@ -90,3 +90,51 @@ def test_bad_input_is_the_callers_error_and_the_ranks_live_on(tp2_artifact):
         assert model.generate(torch.tensor([[5, 9]]), max_new_tokens=2).shape == (1, 4)
     finally:
         model.runtime.close()
+
+
+class _PipeRanks:
+    """Two ranks reduced to their pipes: the test writes their replies."""
+
+    def __init__(self):
+        from multiprocessing import Pipe
+
+        pairs = [Pipe() for _ in range(2)]
+        self.conns, self.rank_ends, self.pids, self.closed = [a for a, _ in pairs], [b for _, b in pairs], [1, 2], False
+
+    def sentinels(self) -> dict:
+        return {}
+
+    def exit_codes(self) -> list:
+        return [None, None]
+
+    def close(self, graceful: bool) -> None:
+        self.closed = True
+
+
+def _runtime_over(ranks: _PipeRanks):
+    import weakref
+
+    from neuron_infer.parallel import MultiRankRuntime
+
+    runtime = MultiRankRuntime.__new__(MultiRankRuntime)
+    runtime.root, runtime.tp, runtime._ranks = "artifact", 2, ranks
+    runtime._finalizer = weakref.finalize(runtime, lambda: None)
+    return runtime
+
+
+def test_ranks_that_fail_differently_are_stopped_not_trusted_again():
+    """One rank refused the call while its peer ran into a collective and failed when gloo gave up: their
+    collectives no longer pair, so the runtime stops them instead of handing the caller the first error."""
+    ranks = _PipeRanks()
+    ranks.rank_ends[0].send(("error", ValueError("slot 9 is outside the compiled batch"), "tb0"))
+    ranks.rank_ends[1].send(("error", RuntimeError("gloo: Timed out waiting for peer"), "tb1"))
+    with pytest.raises(RankFailedError, match="the ranks failed differently during decode"):
+        _runtime_over(ranks)._gather("decode")
+    assert ranks.closed
+
+    same = _PipeRanks()  # the same refusal on every rank is the caller's error, and the ranks stay up
+    for end in same.rank_ends:
+        end.send(("error", ValueError("slot 9 is outside the compiled batch"), "tb"))
+    with pytest.raises(ValueError, match="slot 9"):
+        _runtime_over(same)._gather("decode")
+    assert not same.closed

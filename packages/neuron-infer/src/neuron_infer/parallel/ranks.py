@@ -207,7 +207,10 @@ class MultiRankRuntime:
                 else:
                     replies[rank] = reply[1]
         if errors:
-            if len(errors) != len(conns):  # ranks disagree: one may be stuck in a collective; stop them all
+            # The same error on every rank (they check the same inputs) is the caller's. Anything else means the
+            # ranks parted ways: one failed before a collective its peers entered (they fail in turn when gloo
+            # times out), and their collectives no longer pair up. Stop them all.
+            if len(errors) != len(conns) or len({(type(e), str(e)) for e, _ in errors}) > 1:
                 self._fail(method, None, detail=errors[0][1])
             raise errors[0][0]
         return replies
