@@ -131,8 +131,12 @@ MALFORMED = [
          "field 'graphs.context_encoding_128.bucket' = 256: is not one of context_buckets. Allowed: 128, 512."),
     case("context-graph-without-bucket", put((*CE128, "bucket"), None), "graphs.context_encoding_128.bucket",
          "field 'graphs.context_encoding_128.bucket' = None: is not one of context_buckets. Allowed: 128, 512."),
-    case("token-graph-with-bucket", put((*TG, "bucket"), 128), "graphs.token_generation.bucket",
-         "field 'graphs.token_generation.bucket' = 128: must be null for role 'token_generation'. Allowed: null."),
+    case("token-graph-bucket-past-the-cache", put((*TG, "bucket"), 1024), "graphs.token_generation.bucket",
+         "field 'graphs.token_generation.bucket' = 1024: is not below sequence_length (1024). Allowed: 1..1023, "
+         "or null for a graph over the whole KV cache."),
+    case("only-kv-bucketed-token-graph", put((*TG, "bucket"), 128), "graphs",
+         "has no token_generation graph over the whole batch and KV cache. Allowed: a token_generation graph with "
+         "rows and bucket null."),
     case("rows-on-context-graph", put((*CE128, "rows"), 1), "graphs.context_encoding_128.rows",
          "field 'graphs.context_encoding_128.rows' = 1: must be null for role 'context_encoding'. Allowed: null."),
     case("rows-not-below-batch", put((*TG, "rows"), 1), "graphs.token_generation.rows",
@@ -184,7 +188,8 @@ MALFORMED = [
          "Allowed: buckets with a graph: [512]. Fix: re-export the model, or drop those buckets."),
     case("no-full-batch-decode-graph", drop(("graphs", "token_generation")), "graphs",
          "field 'graphs' = ['context_encoding_128', 'context_encoding_512']: has no token_generation graph over "
-         "the whole batch. Allowed: a token_generation graph with rows null. Fix: re-export the model."),
+         "the whole batch and KV cache. Allowed: a token_generation graph with rows and bucket null. Fix: re-export the "
+         "model."),
     case("weights-absolute-path", put(("weights", "files", 1, "path"), "/data/model.safetensors"),
          "weights.files[1].path",
          f"field 'weights.files[1].path' = '/data/model.safetensors': has the wrong format. Allowed: {PATH_RULE}."),

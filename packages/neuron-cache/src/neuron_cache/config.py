@@ -84,7 +84,11 @@ class GraphEntry:
     file: str = field(metadata={"pattern": _REL_PATH, "description": _REL_PATH_MEANING})
     sha256: str = field(metadata={"pattern": _SHA256, "description": _SHA256_MEANING})
     role: str = field(metadata={"enum": list(GRAPH_ROLES)})
-    bucket: int | None = field(default=None, metadata={"minimum": 1})
+    bucket: int | None = field(
+        default=None,
+        metadata={"minimum": 1, "description": "context_encoding: the prompt bucket; token_generation: the KV positions "
+                                               "it attends over (null: all sequence_length of them)"},
+    )
     rows: int | None = field(
         default=None,
         metadata={"minimum": 1, "description": "token_generation over this many of the slots, named by its seq_ids "
@@ -324,10 +328,17 @@ class NeuronConfig:
                     f"{path}.bucket", graph.bucket, "is not one of context_buckets",
                     allowed=", ".join(map(str, self.context_buckets)),
                 )
+        elif graph.role == "token_generation":
+            if graph.bucket is not None and not 1 <= graph.bucket < self.sequence_length:
+                raise NeuronConfigError(
+                    f"{path}.bucket", graph.bucket, f"is not below sequence_length ({self.sequence_length})",
+                    allowed=f"1..{self.sequence_length - 1}, or null for a graph over the whole KV cache",
+                    fix="re-export the model",
+                )
         elif graph.bucket is not None and graph.role != "encoder":
             raise NeuronConfigError(
                 f"{path}.bucket", graph.bucket, f"must be null for role '{graph.role}'", allowed="null",
-                fix="only context_encoding and encoder graphs have a bucket",
+                fix="only context_encoding, token_generation (KV length) and encoder graphs have a bucket",
             )
         if graph.rows is not None:
             if graph.role != "token_generation":
@@ -347,9 +358,18 @@ class NeuronConfig:
                 "context_buckets", self.context_buckets, f"names bucket(s) {missing} that no context_encoding graph has",
                 allowed=f"buckets with a graph: {sorted(have)}", fix="re-export the model, or drop those buckets",
             )
-        if not any(g.role == "token_generation" and g.rows is None for g in self.graphs.values()):
-            raise NeuronConfigError("graphs", sorted(self.graphs), "has no token_generation graph over the whole batch",
-                                    allowed="a token_generation graph with rows null", fix="re-export the model")
+        decode = [g for g in self.graphs.values() if g.role == "token_generation"]
+        if not any(g.rows is None and g.bucket is None for g in decode):
+            raise NeuronConfigError("graphs", sorted(self.graphs), "has no token_generation graph over the whole batch "
+                                    "and KV cache", allowed="a token_generation graph with rows and bucket null",
+                                    fix="re-export the model")
+        # A context past every KV bucket must still decode: each row count needs its graph over the whole cache.
+        short = sorted({g.rows for g in decode if g.rows is not None} - {g.rows for g in decode if g.bucket is None})
+        if short:
+            raise NeuronConfigError("graphs", sorted(self.graphs), f"has KV-bucketed token_generation graphs over rows "
+                                    f"{short} but none of them over the whole KV cache",
+                                    allowed="for each rows value, a token_generation graph with bucket null",
+                                    fix="re-export the model")
 
     def graph_for(self, role: str, *, bucket: int | None = None, rows: int | None = None) -> str:
         """The name of the graph with this role, bucket and row count (validate() made sure it exists)."""
@@ -372,11 +392,22 @@ class NeuronConfig:
     @property
     def decode_rows(self) -> list[int]:
         """Row counts of the token-generation graphs over a subset of the slots, smallest first."""
-        return sorted(g.rows for g in self.graphs.values() if g.role == "token_generation" and g.rows is not None)
+        return sorted({g.rows for g in self.graphs.values() if g.role == "token_generation" and g.rows is not None})
 
     def rows_for(self, n: int) -> int | None:
         """The smallest sub-batch decode graph that holds n sequences, or None (use the full batch)."""
         return min((r for r in self.decode_rows if r >= n), default=None)
+
+    @property
+    def kv_buckets(self) -> list[int]:
+        """KV lengths of the token-generation graphs that attend over part of the cache, smallest first."""
+        return sorted({g.bucket for g in self.graphs.values() if g.role == "token_generation" and g.bucket is not None})
+
+    def kv_bucket_for(self, length: int, rows: int | None = None) -> int | None:
+        """The smallest KV bucket holding `length` positions that has a token-generation graph over `rows`
+        (None: every slot); None when only the graph over the whole cache does."""
+        return min((g.bucket for g in self.graphs.values() if g.role == "token_generation" and g.rows == rows
+                    and g.bucket is not None and g.bucket >= length), default=None)
 
     def graphs_by_role(self, role: str) -> dict[str, GraphEntry]:
         return {k: g for k, g in self.graphs.items() if g.role == role}

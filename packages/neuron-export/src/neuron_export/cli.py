@@ -53,6 +53,10 @@ def _parse_decode_batches(ctx: click.Context, param: click.Parameter, value: str
 @click.option("--decode_batches", "--decode-batches", callback=_parse_decode_batches, default=None,
               help="Extra token-generation graphs over this many slots, e.g. 1,4, or 'none' (default: 1 when "
                    "batch_size > 1): a step with few live sequences then costs what those rows cost.")
+@click.option("--kv_buckets", "--kv-buckets", callback=_parse_decode_batches, default=None,
+              help="Token-generation graphs attending over only this many KV positions, e.g. 512,1024, or 'none' "
+                   "(default: 512, 1024, ... below sequence_length): decode cost follows the live context, not "
+                   "the compiled sequence_length.")
 @click.option("--tensor_parallel_size", "--tensor-parallel-size", type=click.IntRange(min=1), default=1,
               help="Ranks the model is split over: one SPMD graph set with its all-reduces inside, a weights file "
                    "per rank; from_pretrained starts the ranks (see the README, Tensor-parallel inference).")

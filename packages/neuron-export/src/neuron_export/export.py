@@ -64,6 +64,7 @@ class ExportOptions:
     max_context_length: int | None = None
     context_buckets: list[int] | None = None
     decode_batches: list[int] | None = None  # None: [1] when batch_size > 1 (see StaticShapes.decode_batches)
+    kv_buckets: list[int] | None = None  # None: default_kv_buckets(sequence_length); [] for none (StaticShapes.kv_buckets)
     tensor_parallel_size: int = 1
     torch_dtype: str = "auto"
     on_device_sampling: bool = False
@@ -107,6 +108,20 @@ def default_buckets(max_context_length: int, smallest: int = 128) -> list[int]:
         buckets.append(b)
         b *= 2
     return [*buckets, max_context_length]
+
+
+KV_BUCKET_SMALLEST = 512
+
+
+def default_kv_buckets(sequence_length: int, smallest: int = KV_BUCKET_SMALLEST) -> list[int]:
+    """Token-generation KV buckets below sequence_length, doubling from `smallest`: a 4096-token cache
+    decodes a short context in the 512 graph. Below 512 positions the cache read is a few percent of a
+    step (SmolLM2: 12 MB of KV in 16-bit vs 270 MB of weights), not worth another compiled graph."""
+    buckets, b = [], smallest
+    while b < sequence_length:
+        buckets.append(b)
+        b *= 2
+    return buckets
 
 
 def export(options: ExportOptions, log: Log = print) -> ExportResult:
@@ -210,8 +225,9 @@ def _compile_graphs(model, shapes: StaticShapes, kernels: KernelChoice, backend,
 
     Returns the graph entries, the constants the graphs bind that the runtime derives at load
     (`weights.derived`, the backend's kernels' doing), and the seconds each graph took."""
-    jobs = [("context_encoding", b, None) for b in shapes.context_buckets] + [("token_generation", None, None)]
-    jobs += [("token_generation", None, rows) for rows in shapes.decode_batches]
+    jobs = [("context_encoding", b, None) for b in shapes.context_buckets]
+    jobs += [("token_generation", kv, rows) for rows in [None, *shapes.decode_batches]
+             for kv in [*shapes.kv_buckets, None]]
     graphs: dict[str, GraphEntry] = {}
     derived: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
@@ -223,10 +239,11 @@ def _compile_graphs(model, shapes: StaticShapes, kernels: KernelChoice, backend,
         backend_id["cpu_isa"] = torch.backends.cpu.get_cpu_capability()
     flags = {**backend.default_flags(target), **options.flags}
     for i, (role, bucket, rows) in enumerate(jobs, 1):
-        name = role if bucket is None else f"{role}_{bucket}"
+        name = role if bucket is None else f"{role}_{'kv' if role == 'token_generation' else ''}{bucket}"
         name = name if rows is None else f"{name}_rows{rows}"
         model.role = role
         model.decode_rows = rows
+        model.kv_length = bucket if role == "token_generation" else None
         model.reset_state()
         job = GraphJob(name=name, role=role, bucket=bucket, module=model,
                        example_inputs=model.example_inputs(role, bucket, rows),
@@ -273,7 +290,7 @@ def _compile_graphs(model, shapes: StaticShapes, kernels: KernelChoice, backend,
             outputs=[TensorSpec(**s) for s in signature["outputs"]],
             mutated_state=model.state_names(),
         )
-    model.decode_rows = None
+    model.decode_rows = model.kv_length = None
     model.reset_state()
     return graphs, derived, seconds
 
@@ -417,7 +434,17 @@ def _shapes(options: ExportOptions, hf_config, dtype: str) -> StaticShapes:
             f"--decode_batches {','.join(map(str, decode_batches))}: each must be between 1 and batch_size - 1 "
             f"({options.batch_size - 1}), increasing and unique (the full batch always has its graph)"
         )
+    kv_buckets = options.kv_buckets
+    if kv_buckets is None:
+        kv_buckets = default_kv_buckets(options.sequence_length)
+    kv_buckets = [b for b in kv_buckets if b != options.sequence_length]  # that graph always exists
+    bad = [b for b in kv_buckets if not 1 <= b < options.sequence_length]
+    if bad or sorted(set(kv_buckets)) != list(kv_buckets):
+        raise ShapeError(
+            f"--kv_buckets {','.join(map(str, options.kv_buckets or []))}: each must be between 1 and sequence_length "
+            f"({options.sequence_length}), increasing and unique (the whole cache always has its graph)"
+        )
     return StaticShapes(batch_size=options.batch_size, sequence_length=options.sequence_length,
-                        decode_batches=list(decode_batches),
+                        decode_batches=list(decode_batches), kv_buckets=kv_buckets,
                         context_buckets=buckets, dtype=dtype, on_device_sampling=options.on_device_sampling,
                         max_topk=options.max_topk, tensor_parallel_size=tp)

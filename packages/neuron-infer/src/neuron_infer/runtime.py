@@ -88,6 +88,13 @@ def _onednn_pack(weight: torch.Tensor, batch: int) -> torch.Tensor:
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("this artifact decodes with oneDNN-packed weights, but this torch build has no oneDNN "
                            "(mkldnn); re-export with --no-prepack-weights")
+    native = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
+              torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}.get(weight.dtype)
+    if native is not None and not native():
+        raise RuntimeError(f"this artifact decodes {str(weight.dtype).removeprefix('torch.')} on oneDNN-packed weights, "
+                           "which needs a CPU that multiplies it natively (AVX512-BF16 or AMX for bfloat16, "
+                           f"AVX512-FP16 or AMX-FP16 for float16); this one offers {host_cpu_isa()} without it. "
+                           "Re-export on this machine (or with --no-prepack-weights)")
     return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch)
 
 
@@ -178,7 +185,7 @@ class DecoderRuntime:
         self._lock = threading.Lock()
         self._prefill: dict[int, Graph] = {}
         self._decode = self._load(self.config.graph_for("token_generation"))
-        self._decode_rows: dict[int, Graph] = {}  # sub-batch token-generation graphs by row count, loaded on use
+        self._graphs: dict[str, Graph] = {}  # sub-batch and KV-bucket token-generation graphs, loaded on use
 
     # ---- loading -------------------------------------------------------------------------------
     def _load_constants(self) -> dict[str, torch.Tensor]:
@@ -212,11 +219,17 @@ class DecoderRuntime:
                 self._prefill[bucket] = self._load(self.config.graph_for("context_encoding", bucket=bucket))
             return self._prefill[bucket]
 
-    def rows_graph(self, rows: int) -> Graph:
+    def decode_graph(self, positions: torch.Tensor, rows: int | None = None) -> Graph:
+        """The token-generation graph over `rows` slots (None: all) that attends over the fewest KV positions
+        holding every one of `positions` (the smallest KV bucket above the largest; else the whole cache)."""
+        kv = self.config.kv_bucket_for(int(positions.max()) + 1, rows) if positions.numel() else None
+        if kv is None and rows is None:
+            return self._decode
+        name = self.config.graph_for("token_generation", bucket=kv, rows=rows)
         with self._lock:
-            if rows not in self._decode_rows:
-                self._decode_rows[rows] = self._load(self.config.graph_for("token_generation", rows=rows))
-            return self._decode_rows[rows]
+            if name not in self._graphs:
+                self._graphs[name] = self._load(name)
+            return self._graphs[name]
 
     def rows_for(self, n: int) -> int | None:
         """The smallest sub-batch decode graph that holds n sequences, or None (use the full batch)."""
@@ -225,8 +238,10 @@ class DecoderRuntime:
     def warmup(self) -> None:
         for bucket in self.config.context_buckets:
             self.prefill_graph(bucket)
-        for rows in self.config.decode_rows:
-            self.rows_graph(rows)
+        for name, graph in self.config.graphs_by_role("token_generation").items():
+            with self._lock:
+                if (graph.bucket, graph.rows) != (None, None) and name not in self._graphs:
+                    self._graphs[name] = self._load(name)
 
     # ---- execution -----------------------------------------------------------------------------
     # Graph inputs go to the artifact's device and outputs come back to the host; on cpu both return
@@ -308,7 +323,8 @@ class DecoderRuntime:
             inputs |= {"sampling_params": sampling.view(n, -1)[pick], "rand": rand.view(-1)[pick]}
             output = "tokens"
         with torch.no_grad():
-            return self._to_host(self.rows_graph(rows)(**self._to_device(inputs)))[output][:n]
+            graph = self.decode_graph(inputs["positions"], rows)
+            return self._to_host(graph(**self._to_device(inputs)))[output][:n]
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, sampling: torch.Tensor | None = None,
                rand: torch.Tensor | None = None) -> torch.Tensor:
@@ -321,7 +337,7 @@ class DecoderRuntime:
             inputs |= {"sampling_params": sampling, "rand": rand}
             output = "tokens"
         with torch.no_grad():
-            return self._to_host(self._decode(**self._to_device(inputs)))[output]
+            return self._to_host(self.decode_graph(inputs["positions"])(**self._to_device(inputs)))[output]
 
 
 def load_runtime(artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):

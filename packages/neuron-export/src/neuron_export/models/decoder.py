@@ -4,7 +4,9 @@ Two graphs are traced from one module (see `DecoderModel.role`):
 
 - context encoding: one prompt of `bucket` tokens (batch 1, positions 0..bucket-1) written into
   the KV-cache row `seq_id`; returns the logits (or the sampled token) at `last_index`;
-- token generation: one token for every slot of the batch at per-row `positions`.
+- token generation: one token for every slot of the batch at per-row `positions`, attending over the
+  first `kv_length` cache positions (a graph per KV bucket: decode cost follows the live context, not
+  the compiled `sequence_length`, as NxDI's token-generation buckets do).
 
 The KV cache is module state (buffers) of shape (batch, kv_heads, sequence_length, head_dim)
 per layer, updated in place; weights, rope tables and caches are all bound at load time, so the
@@ -97,26 +99,37 @@ class Attention(nn.Module):
 
     def context_encoding(self, x, cos, sin, seq_id, mask):
         q, k, v = self.project(x, cos, sin)
-        T = x.shape[1]
+        B, T, _ = x.shape
         kv_heads = torch.arange(self.arch.num_kv_heads, device=x.device)
         pos = torch.arange(T, device=x.device)
         index = (seq_id.view(1, 1, 1), kv_heads.view(1, -1, 1), pos.view(1, 1, -1))
         self.k_cache.index_put_(index, k)
         self.v_cache.index_put_(index, v)
-        return self.attend(q, k, v, mask)
+        # Fused attention (the backend's flash-attention kernel: AOTInductor on CPU calls
+        # _scaled_dot_product_flash_attention_for_cpu), never materialising the (heads, T, T) scores. The
+        # prompt is padded at the end, so plain causal masking is exact for the real tokens; a sliding-window
+        # layer passes its mask.
+        window = self.arch.sliding_window(self.layer)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if window is None else mask[:, None],
+                                             is_causal=window is None, scale=self.arch.scale, enable_gqa=True)
+        out = out.transpose(1, 2).reshape(B, T, self.arch.num_heads * self.arch.head_dim)
+        return all_reduce(self.o_proj(out), self.tp)
 
     def token_generation(self, x, cos, sin, positions, mask, seq_ids=None):
         """One token per row. Row i is slot i, or slot seq_ids[i] in a graph over a subset of the slots,
-        which reads and writes only those slots' cache rows."""
+        which reads and writes only those slots' cache rows. Attends over the first mask.shape[-1] cache
+        positions (the graph's KV bucket; every row's position lies below it)."""
         q, k, v = self.project(x, cos, sin)
         rows = torch.arange(x.shape[0], device=x.device) if seq_ids is None else seq_ids
         kv_heads = torch.arange(self.arch.num_kv_heads, device=x.device)
         index = (rows.view(-1, 1), kv_heads.view(1, -1), positions.view(-1, 1))
         self.k_cache.index_put_(index, k[:, :, 0])
         self.v_cache.index_put_(index, v[:, :, 0])
+        S = mask.shape[-1]
+        keys, values = self.k_cache[:, :, :S], self.v_cache[:, :, :S]
         if seq_ids is None:
-            return self.attend(q, self.k_cache, self.v_cache, mask)
-        return self.attend(q, self.k_cache.index_select(0, seq_ids), self.v_cache.index_select(0, seq_ids), mask)
+            return self.attend(q, keys, values, mask)
+        return self.attend(q, keys.index_select(0, seq_ids), values.index_select(0, seq_ids), mask)
 
 
 class MLP(nn.Module):
@@ -157,6 +170,8 @@ class DecoderModel(nn.Module):
         self.arch, self.shapes = arch, shapes
         self._role = "token_generation"
         self.decode_rows: int | None = None  # set (with role token_generation) to trace a sub-batch graph
+        # set (with role token_generation) to trace a graph attending over the first kv_length cache positions
+        self.kv_length: int | None = None
         # A rank's share of the model (all of it at tensor_parallel_size 1); see parallel.py.
         self.tp = tp = shapes.tensor_parallel_size
         local = rank_arch(arch, tp)
@@ -216,7 +231,7 @@ class DecoderModel(nn.Module):
     def _token_generation(self, input_ids, positions, seq_ids, sampling_params, rand):
         cos = self.rope_cos.index_select(0, positions)[:, None, None]
         sin = self.rope_sin.index_select(0, positions)[:, None, None]
-        key_pos = torch.arange(self.shapes.sequence_length, device=input_ids.device)
+        key_pos = torch.arange(self.kv_length or self.shapes.sequence_length, device=input_ids.device)
         masks = self._masks(positions.view(-1, 1, 1), key_pos.view(1, 1, -1))
 
         def attn(module: Attention, h):

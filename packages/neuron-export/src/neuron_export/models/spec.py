@@ -67,6 +67,10 @@ class StaticShapes:
     # Extra token-generation graphs over a subset of the slots (seq_ids input), each smaller than
     # batch_size: with few live sequences, a step costs what those rows cost, not the whole batch.
     decode_batches: list[int] = field(default_factory=list)
+    # Extra token-generation graphs (for every row count) attending over only the first `b` cache positions,
+    # each below sequence_length: a step whose every live position is below b reads b positions of the KV
+    # cache, not sequence_length (NxDI's token-generation buckets).
+    kv_buckets: list[int] = field(default_factory=list)
     # Ranks the graphs run on: each graph is one rank's share with its collectives inside (models/parallel.py).
     tensor_parallel_size: int = 1
 
