@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +43,12 @@ from neuron_cache.store import CompileCache, graph_cache_key
 from neuron_cache.trust import record_trusted
 from neuron_export.__about__ import __version__
 from neuron_export.backends import GraphJob, KernelChoice, check_target, get_backend
+from neuron_export.compile_worker import CompileRequest, WorkerPool, compile_graph, skeleton
 from neuron_export.convert import rank_weights, sharding_plan, tied_aliases
 from neuron_export.errors import ExportError, ShapeError, UnsupportedArchitectureError
 from neuron_export.models import family_for, supported_model_types
 from neuron_export.models.build import bind_checkpoint, build_decoder
-from neuron_export.models.parallel import rank_arch, tracing_world
+from neuron_export.models.parallel import rank_arch
 from neuron_export.models.spec import StaticShapes
 from neuron_export.output import OutputPlan
 from neuron_export.source import load_config, load_gguf_model, load_state_dict, load_tokenizer, resolve
@@ -79,6 +83,7 @@ class ExportOptions:
     revision: str | None = None
     prepack_weights: bool | None = None  # None: the backend decides (torch-aot, cpu: on for float32 with oneDNN)
     prefill_upcast: bool | None = None  # None: the backend decides (torch-aot, cpu: on when no native 16-bit GEMMs)
+    compile_workers: int | None = None  # None: one worker process per core (compile_worker.py); 0: in this process
     flags: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -148,24 +153,29 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
             "validates (its own files only: those its neuron_config.json lists, config and tokenizer files)")
 
     with output.staged() as out:
-        t = time.perf_counter()
-        hf_model = load_gguf_model(source) if source.is_gguf else None
-        hf_state = hf_model.state_dict() if hf_model is not None else load_state_dict(source)
-        tp = shapes.tensor_parallel_size
-        # The checkpoint converts into the whole model; with tensor parallelism the graphs are traced on rank 0's
-        # share of it (each rank's share goes into its own weights file).
-        family_, full = build_decoder(hf_config, replace(shapes, tensor_parallel_size=1))
-        weights = bind_checkpoint(family_, full, hf_state)
-        plan = sharding_plan(family_, full)
-        tensors = _bound_tensors(full)
-        model = full if tp == 1 else _rank_model(hf_config, shapes, tensors, plan)
-        log(f"Loaded and converted {len(weights)} tensors in {time.perf_counter() - t:.1f} s")
-
         (out / GRAPHS_DIR).mkdir()
         (out / WEIGHTS_DIR).mkdir()
-        with tracing_world(tp):
-            graphs, derived, compile_seconds = _compile_graphs(model, shapes, kernels, backend, target, options, out,
-                                                               log, cache)
+        compile_graphs = partial(_compile_graphs, hf_config=hf_config, shapes=shapes, kernels=kernels, backend=backend,
+                                 target=target, options=options, out=out, log=log, cache=cache)
+        workers = _compile_workers(options, backend, len(_graph_list(shapes)))
+        if workers:
+            # Graphs compile from the model's shapes in worker processes while the checkpoint loads here.
+            pool = WorkerPool(workers)
+            try:
+                with ThreadPoolExecutor(1, thread_name_prefix="neuron-export-compile") as runner:
+                    compiled = runner.submit(compile_graphs, skeleton(hf_config, shapes), pool=pool)
+                    try:
+                        model, tensors, plan, hf_state, hf_model = _load_checkpoint(source, hf_config, shapes, log)
+                    except BaseException:
+                        pool.stop()
+                        raise
+                    graphs, derived, compile_seconds = compiled.result()
+            finally:
+                pool.stop()
+                pool.close()
+        else:
+            model, tensors, plan, hf_state, hf_model = _load_checkpoint(source, hf_config, shapes, log)
+            graphs, derived, compile_seconds = compile_graphs(model)
 
         weight_files = _write_weights(model, tensors, plan, out)
         _copy_checkpoint_files(source, hf_config, out)
@@ -219,15 +229,53 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
                         validation_max_diff=max_diff, cache_stats=cache.stats.as_dict())
 
 
-def _compile_graphs(model, shapes: StaticShapes, kernels: KernelChoice, backend, target: str, options: ExportOptions,
-                    out: Path, log: Log, cache):
-    """One graph per context bucket plus token generation, each through the compile cache.
+def _load_checkpoint(source, hf_config, shapes: StaticShapes, log: Log):
+    """The model holding the converted checkpoint (rank 0's share with tensor parallelism), every tensor the graphs
+    bind, the sharding plan, and transformers' state (and model, for a GGUF) for validation."""
+    t = time.perf_counter()
+    hf_model = load_gguf_model(source) if source.is_gguf else None
+    hf_state = hf_model.state_dict() if hf_model is not None else load_state_dict(source)
+    # The checkpoint converts into the whole model; with tensor parallelism the graphs are traced on rank 0's
+    # share of it (each rank's share goes into its own weights file).
+    family_, full = build_decoder(hf_config, replace(shapes, tensor_parallel_size=1))
+    weights = bind_checkpoint(family_, full, hf_state)
+    plan = sharding_plan(family_, full)
+    tensors = _bound_tensors(full)
+    model = full if shapes.tensor_parallel_size == 1 else _rank_model(hf_config, shapes, tensors, plan)
+    log(f"Loaded and converted {len(weights)} tensors in {time.perf_counter() - t:.1f} s")
+    return model, tensors, plan, hf_state, hf_model
+
+
+def _compile_workers(options: ExportOptions, backend, jobs: int) -> int:
+    """How many worker processes compile graphs (0: this process, after the checkpoint loads)."""
+    if options.compile_workers is not None and options.compile_workers < 0:
+        raise ExportError(f"compile_workers = {options.compile_workers}: give 0 (compile in this process) or a "
+                          "positive number of worker processes (None: one per core)")
+    if not backend.compiles_from_shapes:  # its graph files carry the weights: compiled here, from the loaded model
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    wanted = cores if options.compile_workers is None else options.compile_workers
+    if wanted == 0 or (options.compile_workers is None and cores < 2):
+        return 0
+    return max(1, min(wanted, jobs))
+
+
+def _graph_list(shapes: StaticShapes) -> list[tuple[str, int | None, int | None]]:
+    """(role, bucket, rows) of every graph: a graph per prompt bucket, and token generation for every row count
+    (all slots, then each sub-batch) and every KV bucket (then the whole cache)."""
+    return ([("context_encoding", b, None) for b in shapes.context_buckets]
+            + [("token_generation", kv, rows) for rows in [None, *shapes.decode_batches]
+               for kv in [*shapes.kv_buckets, None]])
+
+
+def _compile_graphs(model, *, hf_config, shapes: StaticShapes, kernels: KernelChoice, backend, target: str,
+                    options: ExportOptions, out: Path, log: Log, cache, pool: WorkerPool | None = None):
+    """Every graph of `_graph_list`, each through the compile cache: in `pool`'s worker processes (several at
+    once, `model` is then a skeleton), else one after another here.
 
     Returns the graph entries, the constants the graphs bind that the runtime derives at load
     (`weights.derived`, the backend's kernels' doing), and the seconds each graph took."""
-    jobs = [("context_encoding", b, None) for b in shapes.context_buckets]
-    jobs += [("token_generation", kv, rows) for rows in [None, *shapes.decode_batches]
-             for kv in [*shapes.kv_buckets, None]]
+    jobs = _graph_list(shapes)
     graphs: dict[str, GraphEntry] = {}
     derived: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
@@ -238,40 +286,47 @@ def _compile_graphs(model, shapes: StaticShapes, kernels: KernelChoice, backend,
         # through a shared cache.
         backend_id["cpu_isa"] = torch.backends.cpu.get_cpu_capability()
     flags = {**backend.default_flags(target), **options.flags}
-    for i, (role, bucket, rows) in enumerate(jobs, 1):
+    stats_lock = threading.Lock()
+
+    def one(i: int, role: str, bucket: int | None, rows: int | None) -> tuple[str, GraphEntry, dict, float]:
         name = role if bucket is None else f"{role}_{'kv' if role == 'token_generation' else ''}{bucket}"
         name = name if rows is None else f"{name}_rows{rows}"
-        model.role = role
-        model.decode_rows = rows
-        model.kv_length = bucket if role == "token_generation" else None
-        model.reset_state()
-        job = GraphJob(name=name, role=role, bucket=bucket, module=model,
-                       example_inputs=model.example_inputs(role, bucket, rows),
-                       input_names=model.input_names(role, rows), flags=dict(options.flags),
-                       static={**{k: v for k, v in _graph_shape_fields(shapes).items() if k in STATIC_FIELDS},
-                               "rows": rows, "vocab_size": model.arch.vocab_size}, kernels=kernels)
-        signature = model.signature(role, bucket, rows)
+        prompt_bucket = bucket if role == "context_encoding" else None
+        static = {**{k: v for k, v in _graph_shape_fields(shapes).items() if k in STATIC_FIELDS},
+                  "rows": rows, "vocab_size": model.arch.vocab_size}
+        request = CompileRequest(hf_config=hf_config, shapes=shapes, name=name, role=role, bucket=bucket, rows=rows,
+                                 kernels=kernels, flags=dict(options.flags), static=static, backend=backend.name,
+                                 target=target)
+        signature = model.signature(role, prompt_bucket, rows)
         # The kernel choice is part of the key: a graph compiled with packing never serves an export without it.
         shape_fields = (_graph_shape_fields(shapes) | asdict(kernels)
                         | ({"decode_rows": rows} if rows is not None else {}))
         key = graph_cache_key(model_config=asdict(model.arch), shape_fields=shape_fields, role=role,
                               bucket=bucket, backend=backend_id, flags=flags)
         filename = f"{name}{backend.file_extension}"
-        compiles_before = cache.stats.compiles
         t = time.perf_counter()
+        # Known without compiling (cached graphs need it too); the job is only read, never traced.
+        probe = GraphJob(name=name, role=role, bucket=bucket, module=model,
+                         example_inputs=model.example_inputs(role, prompt_bucket, rows),
+                         input_names=model.input_names(role, rows), static=static, kernels=kernels)
+        graph_derived = backend.derived_constants(probe, target)
+        compiled_here = []
 
-        graph_derived = backend.derived_constants(job, target)  # known without compiling: cached graphs need it too
-
-        def compile_fn(path: Path, job: GraphJob = job, signature: dict = signature, i: int = i,
-                       expected_derived: dict = graph_derived) -> None:
-            log(f"[{i}/{len(jobs)}] compiling {job.name} ...")
-            compiled = backend.compile(job, path, target)
-            if compiled.outputs != signature["outputs"]:
-                raise ExportError(f"backend {backend.name} produced outputs {compiled.outputs} for {job.name}, "
+        def compile_fn(path: Path) -> None:
+            compiled_here.append(True)
+            started = lambda: log(f"[{i}/{len(jobs)}] compiling {name} ...")  # noqa: E731
+            if pool is not None:
+                outputs, got_derived = pool.run(replace(request, output=str(path)), started)
+            else:
+                started()
+                compiled = compile_graph(model, replace(request, output=str(path)))
+                outputs, got_derived = compiled.outputs, compiled.derived
+            if outputs != signature["outputs"]:
+                raise ExportError(f"backend {backend.name} produced outputs {outputs} for {name}, "
                                   f"expected {signature['outputs']}")
-            if compiled.derived != expected_derived:
-                raise ExportError(f"backend {backend.name} compiled {job.name} with derived constants "
-                                  f"{sorted(compiled.derived)}, but announced {sorted(expected_derived)}; report a bug")
+            if got_derived != graph_derived:
+                raise ExportError(f"backend {backend.name} compiled {name} with derived constants "
+                                  f"{sorted(got_derived)}, but announced {sorted(graph_derived)}; report a bug")
 
         cached = cache.get_or_compile(key, compile_fn, filename=filename, meta={"graph": name, **signature})
         rel = f"{GRAPHS_DIR}/{filename}"
@@ -279,19 +334,34 @@ def _compile_graphs(model, shapes: StaticShapes, kernels: KernelChoice, backend,
         # This machine produced the graph (compiled it, or took it from the compile cache it was pointed
         # at): record its digest so the artifact loads here without a trust_remote_code consent.
         digest = sha256_file(out / rel)
-        record_trusted(digest, origin=f"neuron-export {__version__}: {name} of {options.model}")
-        seconds[name] = time.perf_counter() - t
-        how = "compiled" if cache.stats.compiles > compiles_before else "from the compile cache"
-        log(f"[{i}/{len(jobs)}] {name}: {how} in {seconds[name]:.1f} s")
-        derived.update(graph_derived)
-        graphs[name] = GraphEntry(
+        with stats_lock:
+            record_trusted(digest, origin=f"neuron-export {__version__}: {name} of {options.model}")
+        took = time.perf_counter() - t
+        how = "compiled" if compiled_here else "from the compile cache"
+        log(f"[{i}/{len(jobs)}] {name}: {how} in {took:.1f} s")
+        entry = GraphEntry(
             file=rel, sha256=digest, role=role, bucket=bucket, rows=rows,
             inputs=[TensorSpec(**s) for s in signature["inputs"]],
             outputs=[TensorSpec(**s) for s in signature["outputs"]],
             mutated_state=model.state_names(),
         )
-    model.decode_rows = model.kv_length = None
-    model.reset_state()
+        return name, entry, graph_derived, took
+
+    numbered = [(i, *job) for i, job in enumerate(jobs, 1)]
+    if pool is None:
+        results = [one(*job) for job in numbered]
+    else:
+        with ThreadPoolExecutor(len(jobs), thread_name_prefix="neuron-export-graph") as threads:
+            futures = [threads.submit(one, *job) for job in numbered]
+            try:
+                results = [f.result() for f in futures]
+            except BaseException:
+                pool.stop()  # the other graphs are of no use now: stop their workers
+                raise
+    for name, entry, graph_derived, took in results:  # in job order, whichever finished first
+        graphs[name] = entry
+        derived.update(graph_derived)
+        seconds[name] = took
     return graphs, derived, seconds
 
 

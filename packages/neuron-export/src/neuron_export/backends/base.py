@@ -58,6 +58,10 @@ class CompiledGraph:
 class Backend(ABC):
     name: str
     file_extension: str = ".pt2"
+    # True when a graph file holds no weights (they are bound at load), so a graph compiles from the model's shapes
+    # alone: export then compiles graphs in worker processes, several at once and while the checkpoint loads
+    # (compile_worker.py). A backend whose files carry the weights compiles from the loaded model, in-process.
+    compiles_from_shapes: bool = False
 
     @property
     @abstractmethod

@@ -44,6 +44,7 @@ def _signature(job: GraphJob, ep: torch.export.ExportedProgram) -> tuple[list, l
 
 class TorchAOTBackend(Backend):
     name = "torch-aot"
+    compiles_from_shapes = True  # package_constants_in_so=False: the package holds no constant's value
 
     @property
     def default_target(self) -> str:

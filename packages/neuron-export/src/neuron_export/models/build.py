@@ -15,16 +15,17 @@ from neuron_export.models.spec import StaticShapes
 
 
 def build_decoder(hf_config: Any, shapes: StaticShapes) -> tuple[type[Llama], DecoderModel]:
-    """An empty (meta-free, zero-initialised) decoder with the rope tables filled in."""
+    """A decoder with uninitialised weights (bind_checkpoint fills them; a graph traced from it reads only their
+    shapes) and the rope tables and KV cache filled in."""
     family = family_for(hf_config.model_type)
     arch = family.arch(hf_config)
+    dtype = getattr(torch, shapes.dtype)
     with torch.device("meta"):
         model = DecoderModel(arch, shapes)
-    model = model.to_empty(device="cpu")
+    # Cast while on meta: allocated once, in the export dtype, and untouched until the checkpoint is bound.
+    model = model.to(dtype).to_empty(device="cpu")
     if arch.tie_word_embeddings:  # to_empty gives every module its own tensor: tie again
         model.lm_head.weight = model.embed_tokens.weight
-    dtype = getattr(torch, shapes.dtype)
-    model.to(dtype)
     cos, sin = rope_tables(hf_config, arch, shapes.sequence_length, dtype)
     model.rope_cos.copy_(cos)
     model.rope_sin.copy_(sin)
