@@ -49,7 +49,7 @@ def _parse_decode_batches(ctx: click.Context, param: click.Parameter, value: str
 @click.option("--max_context_length", "--max-context-length", type=click.IntRange(min=1), default=None,
               help="Longest prompt; defaults to sequence_length.")
 @click.option("--context_buckets", "--context-buckets", callback=_parse_buckets, default=None,
-              help="Comma-separated prompt buckets; default: powers of two up to max_context_length.")
+              help="Comma-separated prompt buckets; default: powers of two from 64 up to max_context_length.")
 @click.option("--decode_batches", "--decode-batches", callback=_parse_decode_batches, default=None,
               help="Extra token-generation graphs over this many slots, e.g. 1,4, or 'none' (default: 1 when "
                    "batch_size > 1): a step with few live sequences then costs what those rows cost.")

@@ -106,8 +106,10 @@ class ExportResult:
     cache_stats: dict[str, int] = field(default_factory=dict)
 
 
-def default_buckets(max_context_length: int, smallest: int = 128) -> list[int]:
-    """Powers of two from `smallest` (NxDI's convention) up to, and ending at, max_context_length."""
+def default_buckets(max_context_length: int, smallest: int = 64) -> list[int]:
+    """Powers of two from `smallest` up to, and ending at, max_context_length. NxDI starts at 128; on CPU prefill
+    costs what its padded bucket costs, and a chat turn (SmolLM2's template + question: ~40 tokens) fits 64,
+    so the smaller first bucket halves its prompt-to-first-token for one more graph (compiled in parallel)."""
     buckets, b = [], smallest
     while b < max_context_length:
         buckets.append(b)
