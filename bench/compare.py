@@ -137,13 +137,14 @@ def prepare_ours(args, table: Table, prompt: list[int]) -> dict:
     if not ours.supports_quantize():
         for v in [v for v in variants if v in ours.QUANTIZED]:
             variants.remove(v)
-            log(f"ours: ExportOptions has no `quantize` field: {v} skipped")
+            table.fail(DECODE[VARIANT_BITS[v]], f"ours {v}", "skipped: ExportOptions has no `quantize` field yet",
+                       ours=True)
     shapes = batch1_shapes(args.prompt_lens, args.new_tokens)
     ready = {}
     for v in variants:
         system = f"ours {v}"
         try:
-            log(f"ours: exporting {v} {shapes}")
+            log(f"ours: {'reusing or ' if args.reuse_artifacts else ''}exporting {v} {shapes}")
             artifact, seconds = ours.export_artifact(f"smollm2-b1-{v}", args.reuse_artifacts,
                                                      **shapes, **ours.variant_options(v))
             if seconds is not None:
@@ -264,7 +265,7 @@ def serving(args, table: Table, prompt: list[int]) -> None:
             decode_batches = sorted({1, *[c for c in args.concurrency if 1 < c < max_c]})
             shapes = dict(batch_size=max_c, sequence_length=256, max_context_length=64, context_buckets=[64],
                           decode_batches=decode_batches, torch_dtype="bfloat16")
-            log(f"ours: exporting the serving artifact {shapes}")
+            log(f"ours: {'reusing or ' if args.reuse_artifacts else ''}exporting the serving artifact {shapes}")
             artifact, seconds = ours.export_artifact(f"smollm2-serve-b{max_c}-bfloat16", args.reuse_artifacts,
                                                      **shapes)
             if seconds is not None:
@@ -349,9 +350,9 @@ def main(argv: list[str] | None = None) -> None:
             system = f"transformers {dtype_name}"
             try:
                 table.add(LOAD, system, transformers_load_to_first_token(dtype_name, prompt))
-                entries.append(generate_entry(table, system, VARIANT_BITS[dtype_name],
-                                              transformers_eager.load(dtype_name), prompts, args, ours=False,
-                                              weight_bytes=None))
+                gen, nbytes = transformers_eager.load(dtype_name)
+                entries.append(generate_entry(table, system, VARIANT_BITS[dtype_name], gen, prompts, args,
+                                              ours=False, weight_bytes=nbytes))
             except Exception as err:
                 table.fail(DECODE[VARIANT_BITS[dtype_name]], system, str(err))
     for fmt, (bin_dir, gguf, nbytes) in llama.items():

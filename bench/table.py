@@ -65,7 +65,8 @@ class Table:
         for r in rows.values():
             name = f"**{r.system}**" if r.ours else r.system
             if r.failed or not r.samples:
-                out.append(f"| | {name} | failed: {r.failed or 'no samples'} | | | | |")
+                reason = r.failed or "no samples"
+                out.append(f"| | {name} | {reason if reason.startswith('skipped') else 'failed: ' + reason} | | | | |")
                 continue
             v = median(r.samples)
             # Always a speed ratio: > 1 means better than the best peer, for times as for rates.

@@ -6,7 +6,8 @@ from common import smollm2_gguf
 
 
 def load(dtype_name: str):
-    """A generate(ids, n) callable: greedy, exactly n new tokens (EOS ignored, like every other peer)."""
+    """(generate(ids, n), weight bytes): greedy, exactly n new tokens (EOS ignored, like every other peer); the
+    bytes are every parameter once (parameters() counts the tied embedding/lm_head once)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -20,4 +21,4 @@ def load(dtype_name: str):
             return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
                                   min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
 
-    return generate
+    return generate, sum(p.numel() * p.element_size() for p in model.parameters())
