@@ -44,11 +44,12 @@ class Table:
         r = self.row(key, system, ours)
         r.failed = r.failed or reason.replace("|", "/").replace("\n", " ")[:240]
 
-    def render(self, header: list[str]) -> str:
+    def render(self, header: list[str], order: list[str] | None = None) -> str:
+        """`order`: group keys first in this order, then any other group in registration order."""
         lines = [*header, "",
                  "| figure | system | value | vs best peer | of roofline | n | notes |",
                  "|---|---|---:|---:|---:|---:|---|"]
-        for key in GROUPS:
+        for key in dict.fromkeys([*(order or []), *GROUPS]):
             rows = self.rows.get(key)
             if not rows:
                 continue
