@@ -243,6 +243,15 @@ def run_rounds(entries, table: Table, rounds: int) -> None:
 
 # ---- servers: vLLM's CPU backend and neuron-vllm, same OpenAI path, A B B A -----------------------------------
 
+def bf16_weight_bytes() -> int:
+    """Parameters x 2: what a bfloat16 decode step reads, for the servers' rows (their weights are not files here)."""
+    from gguf import GGUFReader
+
+    from common import smollm2_gguf
+
+    return 2 * sum(int(t.n_elements) for t in GGUFReader(str(smollm2_gguf())).tensors)
+
+
 def serving(args, table: Table, prompt: list[int]) -> None:
     from peers import ours, vllm_server
 
@@ -289,10 +298,12 @@ def serving(args, table: Table, prompt: list[int]) -> None:
             except Exception as err:
                 table.fail(SERVER_START, name, str(err), ours=is_ours)
         abba = list(urls) + list(urls)[::-1]
+        nbytes = bf16_weight_bytes()
         for _r in range(args.rounds):
             for name in abba:
                 _try(table, DECODE[16], f"{name} server", "ours" in name,
-                     lambda n=name: vllm_server.decode_rate(urls[n], prompt, args.new_tokens), "streamed")
+                     lambda n=name: vllm_server.decode_rate(urls[n], prompt, args.new_tokens), "streamed",
+                     bytes_per_token=nbytes)
         for c in args.concurrency:
             for name in urls:
                 with contextlib.suppress(Exception):
@@ -304,9 +315,9 @@ def serving(args, table: Table, prompt: list[int]) -> None:
                          f"{c} x {args.new_tokens} tokens")
 
 
-def _try(table: Table, key: str, system: str, is_ours: bool, measure, note: str) -> None:
+def _try(table: Table, key: str, system: str, is_ours: bool, measure, note: str, **extra) -> None:
     try:
-        table.add(key, system, measure(), ours=is_ours, note=note)
+        table.add(key, system, measure(), ours=is_ours, note=note, **extra)
     except Exception as err:
         table.fail(key, system, f"{type(err).__name__}: {str(err)[:200]}", ours=is_ours)
 
@@ -366,7 +377,9 @@ def main(argv: list[str] | None = None) -> None:
         bandwidth.append(read_bandwidth_gbs())
 
     table.bandwidth_gbs = median(bandwidth)
-    report = table.render(header(args, bandwidth))
+    order = [*DECODE.values(), *(serve_group(c) for c in args.concurrency),
+             *(ttft_group(n) for n in sorted(prompts)), LOAD, SERVER_START, EXPORT]
+    report = table.render(header(args, bandwidth), order)
     print(report)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     (OUT / f"compare-{stamp}.md").write_text(report + "\n")
