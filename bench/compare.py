@@ -44,6 +44,7 @@ from common import (
     prompt_of_length,
     read_bandwidth_gbs,
     server,
+    smollm2_gguf,
     tokenizer,
 )
 from table import Table, group
@@ -246,8 +247,6 @@ def run_rounds(entries, table: Table, rounds: int) -> None:
 def bf16_weight_bytes() -> int:
     """Parameters x 2: what a bfloat16 decode step reads, for the servers' rows (their weights are not files here)."""
     from gguf import GGUFReader
-
-    from common import smollm2_gguf
 
     return 2 * sum(int(t.n_elements) for t in GGUFReader(str(smollm2_gguf())).tensors)
 
