@@ -161,7 +161,7 @@ def transformers_load_to_first_token(dtype_name: str, prompt: list[int]) -> floa
     import subprocess
 
     code = (f"import time; t = time.perf_counter(); import torch, sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r});"
-            f"from peers.transformers_eager import load; g = load({dtype_name!r}); g(torch.tensor([{prompt!r}]), 1);"
+            f"from peers.transformers_eager import load; g, _ = load({dtype_name!r}); g(torch.tensor([{prompt!r}]), 1);"
             "print(time.perf_counter() - t)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
