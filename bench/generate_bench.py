@@ -20,8 +20,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py: shared with compare.py
 
 import torch
+from common import read_bandwidth_gbs
 
 SHORT, LONG = 8, 72
 PROMPT_LEN = 100
@@ -40,17 +42,6 @@ def decode_rate(gen, ids, mask) -> tuple[float, float]:
     gen(ids, mask, LONG)
     long = time.perf_counter() - t
     return (LONG - SHORT) / (long - short), first
-
-
-def read_bandwidth_gbs(gib: float = 1.0) -> float:
-    """Best-of-5 read bandwidth: torch sum over a `gib` GiB float32 tensor (all threads)."""
-    t = torch.ones(int(gib * (1 << 30)) // 4)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        t.sum()
-        best = min(best, time.perf_counter() - start)
-    return t.numel() * 4 / best / 1e9
 
 
 def weight_bytes_per_token(artifact: Path) -> int:

