@@ -47,6 +47,14 @@ from neuron_export.models.build import bind_checkpoint, build_decoder
 from neuron_export.models.parallel import rank_arch, tracing_world
 from neuron_export.models.spec import StaticShapes
 from neuron_export.output import OutputPlan
+from neuron_export.quantize import (
+    check_options,
+    compute_dtype,
+    dequantized_hf_weights,
+    graph_fields,
+    quantize_model,
+    reference_model,
+)
 from neuron_export.source import load_config, load_gguf_model, load_state_dict, load_tokenizer, resolve
 
 Log = Callable[[str], None]
@@ -78,6 +86,8 @@ class ExportOptions:
     revision: str | None = None
     prepack_weights: bool | None = None  # None: the backend decides (torch-aot, cpu: on for float32 with oneDNN)
     prefill_upcast: bool | None = None  # None: the backend decides (torch-aot, cpu: on when no native 16-bit GEMMs)
+    quantize: str | None = None  # "int8" | "int4": weight-only quantization of the linears (quantize.py)
+    quant_group_size: int = 32  # int4: input channels per (scale, zero)
     flags: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -118,10 +128,11 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
     hf_config = load_config(source, options.trust_remote_code)
     task = _task(options.task, hf_config)
     family = family_for(hf_config.model_type)
-    dtype = _dtype(options.torch_dtype, hf_config, source.is_gguf)
+    dtype = compute_dtype(options.quantize, options.torch_dtype, _dtype(options.torch_dtype, hf_config, source.is_gguf))
     backend = get_backend(options.backend)
     target = options.target or backend.default_target
     check_target(backend, target)
+    check_options(options.quantize, options.quant_group_size, backend.name, target, options.tensor_parallel_size)
     shapes = _shapes(options, hf_config, dtype)
     kernels = backend.choose_kernels(target, dtype, prepack_weights=options.prepack_weights,
                                      prefill_upcast=options.prefill_upcast)
@@ -141,6 +152,9 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
         # share of it (each rank's share goes into its own weights file).
         family_, full = build_decoder(hf_config, replace(shapes, tensor_parallel_size=1))
         weights = bind_checkpoint(family_, full, hf_state)
+        quantization = None if options.quantize is None else quantize_model(
+            full, family_, options.quantize, options.quant_group_size, hf_config=hf_config, log=log,
+            gguf_file=source.directory / source.gguf_file if source.is_gguf else None)
         plan = sharding_plan(family_, full)
         tensors = _bound_tensors(full)
         model = full if tp == 1 else _rank_model(hf_config, shapes, tensors, plan)
@@ -152,6 +166,7 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
             graphs, derived, compile_seconds = _compile_graphs(model, shapes, kernels, backend, target, options, out,
                                                                log, cache)
 
+        tensors = {k: v for k, v in tensors.items() if k not in derived}  # derived at load, never stored
         weight_files = _write_weights(model, tensors, plan, out)
         _copy_checkpoint_files(source, hf_config, out)
         config = NeuronConfig(
@@ -172,6 +187,7 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
             torch_dtype=dtype,
             on_device_sampling=shapes.on_device_sampling,
             max_topk=shapes.max_topk,
+            quantization=quantization,
             target=Target(backend=backend.name, device=target, **backend.versions()),
             graphs=graphs,
             weights=WeightsSpec(
@@ -193,6 +209,8 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
             from neuron_export.validate import validate_with_neuron_infer
 
             atol = options.atol if options.atol is not None else DEFAULT_ATOL[dtype]
+            if quantization is not None:  # the reference multiplies by the weights the kernels use
+                hf_model = reference_model(hf_config, hf_state, hf_model, dequantized_hf_weights(full, family_, hf_state))
             max_diff = validate_with_neuron_infer(out, hf_config, hf_state, hf_model, dtype, atol, log,
                                                   options.output, options.model)
         if not options.disable_neuron_cache:
@@ -232,11 +250,13 @@ def _compile_graphs(model, shapes: StaticShapes, kernels: KernelChoice, backend,
                        example_inputs=model.example_inputs(role, bucket, rows),
                        input_names=model.input_names(role, rows), flags=dict(options.flags),
                        static={**{k: v for k, v in _graph_shape_fields(shapes).items() if k in STATIC_FIELDS},
-                               "rows": rows, "vocab_size": model.arch.vocab_size}, kernels=kernels)
+                               "rows": rows, "vocab_size": model.arch.vocab_size, **graph_fields(model)},
+                       kernels=kernels)
         signature = model.signature(role, bucket, rows)
         # The kernel choice is part of the key: a graph compiled with packing never serves an export without it.
         shape_fields = (_graph_shape_fields(shapes) | asdict(kernels)
-                        | ({"decode_rows": rows} if rows is not None else {}))
+                        | ({"decode_rows": rows} if rows is not None else {})
+                        | (graph_fields(model) if getattr(model, "quantization", None) else {}))
         key = graph_cache_key(model_config=asdict(model.arch), shape_fields=shape_fields, role=role,
                               bucket=bucket, backend=backend_id, flags=flags)
         filename = f"{name}{backend.file_extension}"

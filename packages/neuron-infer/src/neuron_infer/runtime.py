@@ -19,6 +19,7 @@ import torch
 
 from neuron_cache import Artifact, ArtifactError, NeuronConfig
 from neuron_cache.trust import TrustDecision, check_graphs_trusted
+from neuron_infer import quant
 from neuron_infer.graphs import Graph, load_graph, plugin_loaders
 
 
@@ -41,6 +42,7 @@ def check_compatible(config: NeuronConfig, root: Path, multi_rank: bool = False)
             "graphs only. Re-export with --backend torch-aot."
         )
     _check_cpu_isa(config, root)
+    quant.check_quantized(config, root)
     tp = config.tensor_parallel_size
     if tp != 1 and not multi_rank and _world_size() != tp:
         raise RuntimeError(
@@ -105,6 +107,9 @@ DERIVED = {"onednn_packed_linear": _onednn_pack, "mkl_packed_linear": _mkl_pack}
 def derive_constants(config, constants: dict) -> None:
     """Compute the constants the artifact says to derive at load (pre-packed weights)."""
     for name, spec in config.weights.derived.items():
+        if spec.op in quant.DERIVED and spec.source in constants:  # (no batch_size: quant.py checks its args)
+            constants[name] = quant.DERIVED[spec.op](constants[spec.source], spec.args, name)
+            continue
         if spec.op not in DERIVED:
             raise RuntimeError(f"weights.derived.{name}: unknown op '{spec.op}'; upgrade neuron-infer")
         if spec.source not in constants:
@@ -195,6 +200,7 @@ class DecoderRuntime:
             constants[alias] = constants[name]
         for spec in self.config.state:
             constants[spec.name] = _zeros_state(spec)
+        quant.align_quantized(self.config, constants)
         derive_constants(self.config, constants)  # on the host: derived ops are CPU layouts (oneDNN)
         return _place(constants, self.device)
 
