@@ -6,9 +6,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from neuron_export.backends.cpu_quant import applied, kernel_layout
 from neuron_export.cli import main
 from neuron_export.errors import ExportError
-from neuron_export.models.quant import Int4Linear, Int8Linear, int4_kernel_layout, pack_nibbles, unpack_nibbles
+from neuron_export.models.quant import Int4Linear, Int8Linear, pack_nibbles, unpack_nibbles
 from neuron_export.quantize import (
     check_options,
     compute_dtype,
@@ -58,7 +59,7 @@ def test_nibbles_round_trip_low_first():
 def test_runtime_derives_the_layout_export_traced_with(weight):
     qweight, _ = quantize_int4(weight, 32)
     derived = infer_quant.int4pack_cpu(qweight, {"inner_k_tiles": 1}, "x.packed_weight")
-    assert torch.equal(derived, int4_kernel_layout(qweight))
+    assert torch.equal(derived, kernel_layout(qweight))
     with pytest.raises(Exception, match="inner_k_tiles = 2"):
         infer_quant.int4pack_cpu(qweight, {"inner_k_tiles": 2}, "x.packed_weight")
     with pytest.raises(Exception, match="2-d uint8"):
@@ -72,9 +73,14 @@ def test_kernels_multiply_by_the_dequantized_weight(weight, kind):
               else Int4Linear(*quantize_int4(weight, 32), 32, bias))
     x = torch.randn(2, 5, 128).to(torch.bfloat16)
     want = x.float() @ dequantize(module).t() + bias.float()
-    got = module(x)
-    assert got.shape == (2, 5, 96) and got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), want, rtol=0.02, atol=0.02)
+    outputs = [module(x)]  # int8: aten's kernel; int4: the model's portable dequantize + linear
+    with applied(module) as derived:  # int4: the CPU kernel torch-aot traces (no-op for int8)
+        outputs.append(module(x))
+    assert set(derived) == ({"packed_weight"} if kind == "int4" else set())
+    assert "packed_weight" not in dict(module.named_buffers()) and "forward" not in module.__dict__
+    for got in outputs:
+        assert got.shape == (2, 5, 96) and got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want, rtol=0.02, atol=0.02)
 
 
 def test_float32_activations_are_refused_with_the_fix():

@@ -166,7 +166,6 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
             graphs, derived, compile_seconds = _compile_graphs(model, shapes, kernels, backend, target, options, out,
                                                                log, cache)
 
-        tensors = {k: v for k, v in tensors.items() if k not in derived}  # derived at load, never stored
         weight_files = _write_weights(model, tensors, plan, out)
         _copy_checkpoint_files(source, hf_config, out)
         config = NeuronConfig(

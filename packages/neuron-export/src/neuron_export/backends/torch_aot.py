@@ -79,9 +79,10 @@ class TorchAOTBackend(Backend):
         device = torch.device(target)
         module = job.module.to(device)
         kernels = job.kernels if target == "cpu" else KernelChoice()  # (CPU kernels: cpu_kernels.py)
-        with cpu_kernels.applied(module, kernels, job.role, job.static["batch_size"]) as derived:
+        with cpu_kernels.applied(module, kernels, job.role, job.static["batch_size"]) as derived, \
+                cpu_quant.applied(module) as quant_derived:  # (quantized exports are target cpu only)
             ep = _trace(replace(job, example_inputs=tuple(t.to(device) for t in job.example_inputs)))
-        derived = derived | (cpu_quant.derived(module) if target == "cpu" else {})
+        derived = derived | quant_derived
         inputs, outputs, mutated = _signature(job, ep)
         flags = {**self.default_flags(target), **job.flags}
         # The signature is compiled into the package's metadata: the runtime checks the config and every

@@ -2,26 +2,19 @@
 
 The stored tensors are the canonical quantized weights (`neuron_cache.Quantization` documents them):
 
-- `Int8Linear`: `qweight` int8 (out, in), `scales` (out,): y = x @ (qweight * scales).T, by
-  `aten._weight_int8pack_mm` (x in bfloat16; the kernel is 10-30x slower on float32 activations).
+- `Int8Linear`: `qweight` int8 (out, in), `scales` (out,): y = x @ (qweight * scales).T, by aten's
+  `_weight_int8pack_mm` (x in bfloat16; on CPU the kernel is 10-30x slower on float32 activations).
 - `Int4Linear`: `qweight` uint8 (out, in / 2), two 4-bit values a byte (low nibble first), `scales_and_zeros`
-  (in / group, out, 2): w = (q - 8) * scale + zero, by `aten._weight_int4pack_mm_for_cpu`. That kernel reads
-  the weight in a CPU-specific packed layout (`aten._convert_weight_to_int4pack_for_cpu`), which is never
-  stored: the graph binds `packed_weight`, declared in `weights.derived` (op `int4pack_cpu`), and the runtime
-  computes it from `qweight` at load. At trace time `packed_weight` holds the real packing, so the traced
-  shapes are the kernel's.
+  (in / group, out, 2): w = (q - 8) * scale + zero. Its own forward dequantizes in the graph (portable, slow);
+  a backend swaps in its kernel while it traces (torch-aot on cpu: backends/cpu_quant.py, aten's int4 CPU
+  kernel on a layout derived at load).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+import torch.nn.functional as F
 from torch import nn
-
-INT4_PACK_OP = "int4pack_cpu"  # neuron_cache.config.DERIVED_OPS
-PACKED = "packed_weight"
-INNER_K_TILES = 1  # the only value aten's CPU int4 packing takes
 
 
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
@@ -34,11 +27,6 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     """The inverse of `pack_nibbles`: (out, in / 2) uint8 -> (out, in) int32 values 0..15."""
     low, high = packed & 0x0F, packed >> 4
     return torch.stack([low, high], dim=-1).view(packed.shape[0], -1).to(torch.int32)
-
-
-def int4_kernel_layout(qweight: torch.Tensor) -> torch.Tensor:
-    """What the runtime derives at load (neuron_infer.quant): aten's CPU int4 layout of a stored `qweight`."""
-    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_nibbles(qweight), INNER_K_TILES)
 
 
 class Int8Linear(nn.Module):
@@ -65,16 +53,13 @@ class Int4Linear(nn.Module):
         self.group_size = group_size
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("scales_and_zeros", scales_and_zeros.contiguous())
-        self.register_buffer(PACKED, int4_kernel_layout(qweight))  # derived at load, never stored
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, getattr(self, PACKED), self.group_size,
-                                                          self.scales_and_zeros)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.view(*x.shape[:-1], self.out_features)
+        q = unpack_nibbles(self.qweight).view(self.out_features, -1, self.group_size).to(x.dtype) - 8
+        scale, zero = self.scales_and_zeros.to(x.dtype).transpose(0, 1).unbind(-1)  # (out, groups) each
+        w = (q * scale[..., None] + zero[..., None]).view(self.out_features, self.in_features)
+        return F.linear(x, w, self.bias)
 
 
 QUANT_LINEARS = (Int8Linear, Int4Linear)
@@ -82,13 +67,6 @@ QUANT_LINEARS = (Int8Linear, Int4Linear)
 
 def quantized_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, QUANT_LINEARS)]
-
-
-def derived_constants(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """The constants of `model`'s quantized linears the runtime derives at load: name -> {op, source, args}."""
-    return {f"{name}.{PACKED}": {"op": INT4_PACK_OP, "source": f"{name}.qweight",
-                                 "args": {"inner_k_tiles": INNER_K_TILES}}
-            for name, m in quantized_modules(model) if isinstance(m, Int4Linear)}
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
