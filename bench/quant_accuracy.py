@@ -116,6 +116,14 @@ def perplexity_hf(model, ids: list[int]) -> float:
     return math.exp(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])).item())
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/quant-bench"))
@@ -161,7 +169,7 @@ def main() -> None:
                      sorted(rates)[len(rates) // 2], weights))
         del runtime
 
-    print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    print(f"\n{cpu_name()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, ISA {torch.backends.cpu.get_cpu_capability()}; "
           f"{len(PROMPTS)} chat prompts x {NEW_TOKENS} greedy tokens, perplexity over {len(text_ids)} tokens")
     print(f"reference perplexity (transformers, same dequantized weights): float32 {ppl_ref32:.3f}, "
