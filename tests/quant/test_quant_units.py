@@ -66,11 +66,11 @@ def test_runtime_derives_the_layout_export_traced_with(weight):
         infer_quant.int4pack_cpu(qweight.to(torch.int8), {}, "x.packed_weight")
 
 
-@pytest.mark.parametrize("kind", ["int8", "int4"])
-def test_kernels_multiply_by_the_dequantized_weight(weight, kind):
+@pytest.mark.parametrize(("kind", "group"), [("int8", None), ("int4", 32), ("int4", 128)])
+def test_kernels_multiply_by_the_dequantized_weight(weight, kind, group):
     bias = torch.randn(96).to(torch.bfloat16)
     module = (Int8Linear(*quantize_int8(weight), bias) if kind == "int8"
-              else Int4Linear(*quantize_int4(weight, 32), 32, bias))
+              else Int4Linear(*quantize_int4(weight, group), group, bias))
     x = torch.randn(2, 5, 128).to(torch.bfloat16)
     want = x.float() @ dequantize(module).t() + bias.float()
     outputs = [module(x)]  # int8: aten's kernel; int4: the model's portable dequantize + linear
