@@ -106,3 +106,19 @@ def test_cli_offers_quantize():
     assert "--quantize [int8|int4]" in result.output and "--quant-group-size" in result.output
     bad = CliRunner().invoke(main, ["-m", "x", "--quantize", "int3", "out"])
     assert bad.exit_code == 2 and "int3" in bad.output
+
+
+def test_runtime_derive_constants_runs_the_int4_op_and_names_a_missing_source(weight):
+    from types import SimpleNamespace
+
+    from neuron_cache import ArtifactError, DerivedTensor
+    from neuron_infer.runtime import derive_constants
+
+    qweight, _ = quantize_int4(weight, 32)
+    spec = DerivedTensor(op="int4pack_cpu", source="lm_head.qweight", args={"inner_k_tiles": 1})
+    config = SimpleNamespace(weights=SimpleNamespace(derived={"lm_head.packed_weight": spec}))
+    constants = {"lm_head.qweight": qweight}
+    derive_constants(config, constants)
+    assert torch.equal(constants["lm_head.packed_weight"], kernel_layout(qweight))
+    with pytest.raises(ArtifactError, match=r"derives from 'lm_head\.qweight', which no weights file holds"):
+        derive_constants(config, {})

@@ -107,14 +107,14 @@ DERIVED = {"onednn_packed_linear": _onednn_pack, "mkl_packed_linear": _mkl_pack}
 def derive_constants(config, constants: dict) -> None:
     """Compute the constants the artifact says to derive at load (pre-packed weights)."""
     for name, spec in config.weights.derived.items():
-        if spec.op in quant.DERIVED and spec.source in constants:  # (no batch_size: quant.py checks its args)
-            constants[name] = quant.DERIVED[spec.op](constants[spec.source], spec.args, name)
-            continue
-        if spec.op not in DERIVED:
+        if spec.op not in DERIVED and spec.op not in quant.DERIVED:
             raise RuntimeError(f"weights.derived.{name}: unknown op '{spec.op}'; upgrade neuron-infer")
         if spec.source not in constants:
             raise ArtifactError(f"neuron_config.json weights.derived.{name} derives from '{spec.source}', which no "
                                 "weights file holds; re-export the model")
+        if spec.op in quant.DERIVED:  # (no batch_size: quant.py checks its own args)
+            constants[name] = quant.DERIVED[spec.op](constants[spec.source], spec.args, name)
+            continue
         batch = spec.args.get("batch_size")
         if not isinstance(batch, int) or not 1 <= batch <= 1 << 16:
             raise ArtifactError(f"neuron_config.json weights.derived.{name}.args.batch_size = {batch!r}: expected a "
