@@ -202,8 +202,10 @@ MALFORMED = [
     case("bad-role", put((*TG, "role"), "decode"), "graphs.token_generation.role",
          "field 'graphs.token_generation.role' = 'decode': not a recognised value. Allowed: 'context_encoding', "
          "'token_generation', 'speculation', 'encoder'."),
-    case("quantization-set", put(("quantization",), {"method": "int8"}), "quantization",
-         "field 'quantization' = {'method': 'int8'}: is not supported yet. Allowed: null."),
+    case("quantization-bad-method", put(("quantization",), {"method": "int8", "bits": 8, "modules": ["lm_head"]}),
+         "quantization.method",
+         "field 'quantization.method' = 'int8': not a recognised value. Allowed: 'int8-weight-only', "
+         "'int4-weight-only'."),
     case("segments-without-partition-dim", put(("weights", "sharding", QKV, "partition_dim"), None),
          f"weights.sharding.{QKV}.segments",
          f"field 'weights.sharding.{QKV}.segments' = [2048, 512, 512]: requires a partition_dim. Allowed: null "

@@ -144,7 +144,9 @@ class FileEntry:
 
 # onednn_packed_linear: a weight reordered by oneDNN for `mkldnn._linear_pointwise` (args.batch_size:
 # the GEMM's M hint). mkl_packed_linear: MKL's packed GEMM layout (artifacts of neuron-export 0.1.0).
-DERIVED_OPS = ("onednn_packed_linear", "mkl_packed_linear")
+# int4pack_cpu: a 4-bit `Quantization` weight (uint8, two values a byte) repacked for
+# `aten._weight_int4pack_mm_for_cpu` (`aten._convert_weight_to_int4pack_for_cpu`; args.inner_k_tiles).
+DERIVED_OPS = ("onednn_packed_linear", "mkl_packed_linear", "int4pack_cpu")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -155,6 +157,75 @@ class DerivedTensor:
     op: str = field(metadata={"enum": list(DERIVED_OPS)})
     source: str
     args: dict[str, Any] = field(default_factory=dict)
+
+
+QUANT_METHODS = {"int8-weight-only": 8, "int4-weight-only": 4}  # method -> bits
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what aten's int4 CPU kernel takes
+
+
+@dataclass(kw_only=True, slots=True)
+class Quantization:
+    """Weight-only quantization of the graphs' linear layers; activations stay in `torch_dtype` (bfloat16).
+
+    int8-weight-only: `<module>.qweight` int8 (out, in) and `<module>.scales` (out,), w = qweight * scales
+    (symmetric, one scale per output channel). int4-weight-only: `<module>.qweight` uint8 (out, in / 2), element
+    2j in the low nibble of byte j and 2j+1 in the high one, q in 0..15, and `<module>.scales_and_zeros`
+    (in / group_size, out, 2) holding (scale, zero) per group: w = (q - 8) * scale + zero (aten's int4 convention).
+    """
+
+    method: str = field(metadata={"enum": list(QUANT_METHODS)})
+    bits: int = field(metadata={"enum": sorted(set(QUANT_METHODS.values()))})
+    group_size: int | None = field(
+        default=None, metadata={"minimum": 1, "description": "input channels sharing a scale (int4); null: one "
+                                                            "scale per output channel (int8)"},
+    )
+    scale_dtype: str = field(default="bfloat16", metadata={"enum": ["bfloat16"]})
+    modules: list[str] = field(metadata={"description": "the quantized linear modules (graph names); every other "
+                                                        "weight (embeddings, norms) keeps torch_dtype"})
+    source: str = field(
+        default="export", metadata={"description": "'export': quantized by neuron-export from floating-point "
+                                                   "weights; 'gguf:<TYPE>': taken as they are from GGUF blocks"},
+    )
+    requantized: list[str] = field(
+        default_factory=list, metadata={"description": "modules of a gguf source whose GGUF type does not map onto "
+                                                      "this method: dequantized, then quantized again"},
+    )
+
+    def graph_fields(self) -> dict[str, Any]:
+        """What the compiled graphs depend on (not where the values came from): part of every graph's cache key."""
+        return {"method": self.method, "bits": self.bits, "group_size": self.group_size,
+                "scale_dtype": self.scale_dtype, "modules": list(self.modules)}
+
+    def validate(self, torch_dtype: str, tensor_parallel_size: int) -> None:
+        bits = QUANT_METHODS[self.method]
+        if self.bits != bits:
+            raise NeuronConfigError("quantization.bits", self.bits, f"contradicts method '{self.method}'",
+                                    allowed=str(bits), fix=f"set bits to {bits}")
+        if bits == 4 and self.group_size not in INT4_GROUP_SIZES:
+            raise NeuronConfigError("quantization.group_size", self.group_size, "is not a group size of the int4 "
+                                    "kernel", allowed=", ".join(map(str, INT4_GROUP_SIZES)),
+                                    fix="re-export with --quant-group-size 32")
+        if bits == 8 and self.group_size is not None:
+            raise NeuronConfigError("quantization.group_size", self.group_size, "must be null for int8-weight-only "
+                                    "(one scale per output channel)", allowed="null", fix="drop group_size")
+        if torch_dtype != "bfloat16":
+            raise NeuronConfigError("torch_dtype", torch_dtype, f"must be bfloat16 with quantization {self.method}: "
+                                    "the quantized kernels are 10-30x slower on float32 activations",
+                                    allowed="bfloat16", fix="re-export with --torch_dtype bfloat16 (or auto)")
+        if tensor_parallel_size != 1:
+            raise NeuronConfigError("tensor_parallel_size", tensor_parallel_size, "must be 1 for a quantized "
+                                    "artifact (quantized tensors are not sharded)", allowed="1",
+                                    fix="re-export without --quantize, or with --tensor_parallel_size 1")
+        if not self.modules:
+            raise NeuronConfigError("quantization.modules", self.modules, "is empty",
+                                    allowed="the quantized modules' names", fix="re-export the model")
+        stray = sorted(set(self.requantized) - set(self.modules))
+        if stray:
+            raise NeuronConfigError("quantization.requantized", stray, "names modules that are not quantized",
+                                    allowed="names listed in quantization.modules", fix="re-export the model")
+        if not (self.source == "export" or self.source.startswith("gguf:")):
+            raise NeuronConfigError("quantization.source", self.source, "is not a known source",
+                                    allowed="'export' or 'gguf:<GGML type>'", fix="re-export the model")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -193,7 +264,9 @@ class NeuronConfig:
     on_device_sampling: bool = False
     max_topk: int = field(default=256, metadata={"minimum": 1})
     speculation_length: int = field(default=0, metadata={"minimum": 0})
-    quantization: None = field(default=None, metadata={"description": "reserved; must be null in schema 1"})
+    quantization: Quantization | None = field(
+        default=None, metadata={"description": "weight-only quantization of the linear layers; null: none"},
+    )
     target: Target
     graphs: dict[str, GraphEntry]
     weights: WeightsSpec
@@ -244,7 +317,7 @@ class NeuronConfig:
             max_context_length=self.max_context_length, context_buckets=self.context_buckets,
         )
         if self.quantization is not None:
-            raise NeuronConfigError("quantization", self.quantization, "is not supported yet", allowed="null")
+            self.quantization.validate(self.torch_dtype, self.tensor_parallel_size)
         if self.speculation_length >= self.sequence_length:
             raise NeuronConfigError(
                 "speculation_length", self.speculation_length, f"must be below sequence_length ({self.sequence_length})",

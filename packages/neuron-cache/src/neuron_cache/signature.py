@@ -23,8 +23,9 @@ from neuron_cache.config import NeuronConfig, TensorSpec
 SIGNATURE_KEY = "neuron.signature"
 SIGNATURE_VERSION = 1
 # The config fields a single graph is compiled for (graph-level values such as the bucket are in `static` too).
+# `quantization` is compared as `Quantization.graph_fields()` (null when the graph is not quantized).
 STATIC_FIELDS = ("batch_size", "sequence_length", "torch_dtype", "on_device_sampling", "max_topk",
-                 "tensor_parallel_size")
+                 "tensor_parallel_size", "quantization")
 # On-device sampling: what each row of a graph's `sampling_params` input (rows, 3) holds, in this order. The
 # graph (neuron-export) reads the columns by these names and the runtime (neuron-infer) writes them so.
 SAMPLING_ROW = ("top_k", "top_p", "temperature")
@@ -82,7 +83,7 @@ class GraphSignature:
         entry = config.graphs[name]
         expected = {**{f: self.static.get(f) for f in STATIC_FIELDS if f in self.static},
                     "bucket": self.static.get("bucket"), "rows": self.static.get("rows")}
-        found = {**{f: getattr(config, f) for f in STATIC_FIELDS if f in self.static},
+        found = {**{f: static_value(config, f) for f in STATIC_FIELDS if f in self.static},
                  "bucket": entry.bucket, "rows": entry.rows}
         for key, want in expected.items():
             if found[key] != want:
@@ -98,6 +99,14 @@ class GraphSignature:
                     f"{where}: neuron_config.json graphs.{name}.{label} = {_show(declared)}, but the graph was compiled "
                     f"with {_show(compiled)}. Re-export the model (or restore its neuron_config.json)."
                 )
+
+
+def static_value(config: NeuronConfig, name: str) -> Any:
+    """The value of config field `name` as a graph's `static` records it."""
+    value = getattr(config, name)
+    if name == "quantization":
+        return None if value is None else value.graph_fields()
+    return value
 
 
 def _specs(items: list[TensorSpec]) -> list[tuple[str, tuple[int, ...], str]]:

@@ -75,6 +75,11 @@ def _parse_decode_batches(ctx: click.Context, param: click.Parameter, value: str
 @click.option("--compile-workers", "compile_workers", type=click.IntRange(min=0), default=None,
               help="Worker processes compiling graphs side by side while the checkpoint loads (backends whose graphs "
                    "hold no weights, e.g. torch-aot); 0 compiles in this process. Default: one per core.")
+@click.option("--quantize", type=click.Choice(("int8", "int4")), default=None,
+              help="Weight-only quantization of every linear and the lm_head (backend torch-aot, target cpu; "
+                   "bfloat16 activations). From a Q4_0/Q4_1 GGUF, int4 takes the blocks as they are.")
+@click.option("--quant-group-size", "--quant_group_size", type=click.IntRange(min=1), default=32,
+              help="int4: input channels sharing one (scale, zero): 32, 64, 128 or 256.")
 @click.option("--backend", default="torch-aot", help="Compile backend (see --list-backends).")
 @click.option("--target", default=None, help="Device target, e.g. cpu, cuda, trn1, inf2; default: the backend's.")
 @click.option("--atol", type=float, default=None, callback=_parse_atol,

@@ -51,6 +51,14 @@ from neuron_export.models.build import bind_checkpoint, build_decoder
 from neuron_export.models.parallel import rank_arch
 from neuron_export.models.spec import StaticShapes
 from neuron_export.output import OutputPlan
+from neuron_export.quantize import (
+    check_options,
+    compute_dtype,
+    dequantized_hf_weights,
+    graph_fields,
+    quantize_model,
+    reference_model,
+)
 from neuron_export.source import load_config, load_gguf_model, load_state_dict, load_tokenizer, resolve
 
 Log = Callable[[str], None]
@@ -84,6 +92,8 @@ class ExportOptions:
     prepack_weights: bool | None = None  # None: the backend decides (torch-aot, cpu: on for float32 with oneDNN)
     prefill_upcast: bool | None = None  # None: the backend decides (torch-aot, cpu: on when no native 16-bit GEMMs)
     compile_workers: int | None = None  # None: one worker process per core (compile_worker.py); 0: in this process
+    quantize: str | None = None  # "int8" | "int4": weight-only quantization of the linears (quantize.py)
+    quant_group_size: int = 32  # int4: input channels per (scale, zero)
     flags: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -140,10 +150,11 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
     hf_config = load_config(source, options.trust_remote_code)
     task = _task(options.task, hf_config)
     family = family_for(hf_config.model_type)
-    dtype = _dtype(options.torch_dtype, hf_config, source.is_gguf)
+    dtype = compute_dtype(options.quantize, options.torch_dtype, _dtype(options.torch_dtype, hf_config, source.is_gguf))
     backend = get_backend(options.backend)
     target = options.target or backend.default_target
     check_target(backend, target)
+    check_options(options.quantize, options.quant_group_size, backend.name, target, options.tensor_parallel_size)
     shapes = _shapes(options, hf_config, dtype)
     kernels = backend.choose_kernels(target, dtype, prepack_weights=options.prepack_weights,
                                      prefill_upcast=options.prefill_upcast)
@@ -167,7 +178,8 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
                 with ThreadPoolExecutor(1, thread_name_prefix="neuron-export-compile") as runner:
                     compiled = runner.submit(compile_graphs, skeleton(hf_config, shapes), pool=pool)
                     try:
-                        model, tensors, plan, hf_state, hf_model = _load_checkpoint(source, hf_config, shapes, log)
+                        model, tensors, plan, hf_state, hf_model, quantization = _load_checkpoint(source, hf_config, shapes,
+                                                                                           options, log)
                     except BaseException:
                         pool.stop()
                         raise
@@ -176,7 +188,8 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
                 pool.stop()
                 pool.close()
         else:
-            model, tensors, plan, hf_state, hf_model = _load_checkpoint(source, hf_config, shapes, log)
+            model, tensors, plan, hf_state, hf_model, quantization = _load_checkpoint(source, hf_config, shapes,
+                                                                                           options, log)
             graphs, derived, compile_seconds = compile_graphs(model)
 
         weight_files = _write_weights(model, tensors, plan, out)
@@ -199,6 +212,7 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
             torch_dtype=dtype,
             on_device_sampling=shapes.on_device_sampling,
             max_topk=shapes.max_topk,
+            quantization=quantization,
             target=Target(backend=backend.name, device=target, **backend.versions()),
             graphs=graphs,
             weights=WeightsSpec(
@@ -220,6 +234,8 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
             from neuron_export.validate import validate_with_neuron_infer
 
             atol = options.atol if options.atol is not None else DEFAULT_ATOL[dtype]
+            if quantization is not None:  # the reference multiplies by the weights the kernels use
+                hf_model = reference_model(hf_config, hf_state, hf_model, dequantized_hf_weights(model, family, hf_state))
             max_diff = validate_with_neuron_infer(out, hf_config, hf_state, hf_model, dtype, atol, log,
                                                   options.output, options.model)
         if not options.disable_neuron_cache:
@@ -231,9 +247,10 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
                         validation_max_diff=max_diff, cache_stats=cache.stats.as_dict())
 
 
-def _load_checkpoint(source, hf_config, shapes: StaticShapes, log: Log):
-    """The model holding the converted checkpoint (rank 0's share with tensor parallelism), every tensor the graphs
-    bind, the sharding plan, and transformers' state (and model, for a GGUF) for validation."""
+def _load_checkpoint(source, hf_config, shapes: StaticShapes, options: ExportOptions, log: Log):
+    """The model holding the converted (and, with --quantize, quantized) checkpoint (rank 0's share with tensor
+    parallelism), every tensor the graphs bind, the sharding plan, transformers' state (and model, for a GGUF)
+    for validation, and the quantization record."""
     t = time.perf_counter()
     hf_model = load_gguf_model(source) if source.is_gguf else None
     hf_state = hf_model.state_dict() if hf_model is not None else load_state_dict(source)
@@ -241,11 +258,14 @@ def _load_checkpoint(source, hf_config, shapes: StaticShapes, log: Log):
     # share of it (each rank's share goes into its own weights file).
     family_, full = build_decoder(hf_config, replace(shapes, tensor_parallel_size=1))
     weights = bind_checkpoint(family_, full, hf_state)
+    quantization = None if options.quantize is None else quantize_model(
+        full, family_, options.quantize, options.quant_group_size, hf_config=hf_config, log=log,
+        gguf_file=source.directory / source.gguf_file if source.is_gguf else None)
     plan = sharding_plan(family_, full)
     tensors = _bound_tensors(full)
     model = full if shapes.tensor_parallel_size == 1 else _rank_model(hf_config, shapes, tensors, plan)
     log(f"Loaded and converted {len(weights)} tensors in {time.perf_counter() - t:.1f} s")
-    return model, tensors, plan, hf_state, hf_model
+    return model, tensors, plan, hf_state, hf_model, quantization
 
 
 def _compile_workers(options: ExportOptions, backend, jobs: int) -> int:
@@ -254,6 +274,11 @@ def _compile_workers(options: ExportOptions, backend, jobs: int) -> int:
         raise ExportError(f"compile_workers = {options.compile_workers}: give 0 (compile in this process) or a "
                           "positive number of worker processes (None: one per core)")
     if not backend.compiles_from_shapes:  # its graph files carry the weights: compiled here, from the loaded model
+        return 0
+    if options.quantize is not None:
+        # The quantized modules (and the record in each graph's signature) exist once the weights are quantized,
+        # which a skeleton built from the config alone does not reproduce (GGUF blocks taken directly or not):
+        # quantized graphs compile in this process, from the quantized model.
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     wanted = cores if options.compile_workers is None else options.compile_workers
@@ -295,14 +320,15 @@ def _compile_graphs(model, *, hf_config, shapes: StaticShapes, kernels: KernelCh
         name = name if rows is None else f"{name}_rows{rows}"
         prompt_bucket = bucket if role == "context_encoding" else None
         static = {**{k: v for k, v in _graph_shape_fields(shapes).items() if k in STATIC_FIELDS},
-                  "rows": rows, "vocab_size": model.arch.vocab_size}
+                  "rows": rows, "vocab_size": model.arch.vocab_size, **graph_fields(model)}
         request = CompileRequest(hf_config=hf_config, shapes=shapes, name=name, role=role, bucket=bucket, rows=rows,
                                  kernels=kernels, flags=dict(options.flags), static=static, backend=backend.name,
                                  target=target)
         signature = model.signature(role, prompt_bucket, rows)
         # The kernel choice is part of the key: a graph compiled with packing never serves an export without it.
         shape_fields = (_graph_shape_fields(shapes) | asdict(kernels)
-                        | ({"decode_rows": rows} if rows is not None else {}))
+                        | ({"decode_rows": rows} if rows is not None else {})
+                        | (graph_fields(model) if getattr(model, "quantization", None) else {}))
         key = graph_cache_key(model_config=asdict(model.arch), shape_fields=shape_fields, role=role,
                               bucket=bucket, backend=backend_id, flags=flags)
         filename = f"{name}{backend.file_extension}"

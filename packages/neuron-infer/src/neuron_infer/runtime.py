@@ -19,6 +19,7 @@ import torch
 
 from neuron_cache import Artifact, ArtifactError, NeuronConfig
 from neuron_cache.trust import TrustDecision, check_graphs_trusted
+from neuron_infer import quant
 from neuron_infer.graphs import Graph, load_graph, plugin_loaders
 
 
@@ -41,6 +42,7 @@ def check_compatible(config: NeuronConfig, root: Path, multi_rank: bool = False)
             "graphs only. Re-export with --backend torch-aot."
         )
     _check_cpu_isa(config, root)
+    quant.check_quantized(config, root)
     tp = config.tensor_parallel_size
     if tp != 1 and not multi_rank and _world_size() != tp:
         raise RuntimeError(
@@ -112,11 +114,14 @@ DERIVED = {"onednn_packed_linear": _onednn_pack, "mkl_packed_linear": _mkl_pack}
 def derive_constants(config, constants: dict) -> None:
     """Compute the constants the artifact says to derive at load (pre-packed weights)."""
     for name, spec in config.weights.derived.items():
-        if spec.op not in DERIVED:
+        if spec.op not in DERIVED and spec.op not in quant.DERIVED:
             raise RuntimeError(f"weights.derived.{name}: unknown op '{spec.op}'; upgrade neuron-infer")
         if spec.source not in constants:
             raise ArtifactError(f"neuron_config.json weights.derived.{name} derives from '{spec.source}', which no "
                                 "weights file holds; re-export the model")
+        if spec.op in quant.DERIVED:  # (no batch_size: quant.py checks its own args)
+            constants[name] = quant.DERIVED[spec.op](constants[spec.source], spec.args, name)
+            continue
         batch = spec.args.get("batch_size")
         if not isinstance(batch, int) or not 1 <= batch <= 1 << 16:
             raise ArtifactError(f"neuron_config.json weights.derived.{name}.args.batch_size = {batch!r}: expected a "
@@ -202,6 +207,7 @@ class DecoderRuntime:
             constants[alias] = constants[name]
         for spec in self.config.state:
             constants[spec.name] = _zeros_state(spec)
+        quant.align_quantized(self.config, constants)
         derive_constants(self.config, constants)  # on the host: derived ops are CPU layouts (oneDNN)
         return _place(constants, self.device)
 

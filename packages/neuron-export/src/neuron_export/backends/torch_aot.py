@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from neuron_cache.signature import SIGNATURE_KEY
-from neuron_export.backends import cpu_kernels
+from neuron_export.backends import cpu_kernels, cpu_quant
 from neuron_export.backends.base import Backend, CompiledGraph, GraphJob, KernelChoice, tensor_spec
 from neuron_export.backends.signature import graph_signature, inductor_cpu_features
 
@@ -71,7 +71,8 @@ class TorchAOTBackend(Backend):
     def derived_constants(self, job: GraphJob, target: str) -> dict[str, dict[str, Any]]:
         if target != "cpu":
             return {}
-        return cpu_kernels.derived_constants(job.module, job.kernels, job.role, job.static["batch_size"])
+        return (cpu_kernels.derived_constants(job.module, job.kernels, job.role, job.static["batch_size"])
+                | cpu_quant.derived(job.module))
 
     def compile(self, job: GraphJob, out_file: Path, target: str) -> CompiledGraph:
         if target not in ("cpu", "cuda"):
@@ -79,8 +80,10 @@ class TorchAOTBackend(Backend):
         device = torch.device(target)
         module = job.module.to(device)
         kernels = job.kernels if target == "cpu" else KernelChoice()  # (CPU kernels: cpu_kernels.py)
-        with cpu_kernels.applied(module, kernels, job.role, job.static["batch_size"]) as derived:
+        with cpu_kernels.applied(module, kernels, job.role, job.static["batch_size"]) as derived, \
+                cpu_quant.applied(module) as quant_derived:  # (quantized exports are target cpu only)
             ep = _trace(replace(job, example_inputs=tuple(t.to(device) for t in job.example_inputs)))
+        derived = derived | quant_derived
         inputs, outputs, mutated = _signature(job, ep)
         flags = {**self.default_flags(target), **job.flags}
         # The signature is compiled into the package's metadata: the runtime checks the config and every
@@ -88,7 +91,8 @@ class TorchAOTBackend(Backend):
         features = inductor_cpu_features() if target == "cpu" else []
         signature = graph_signature(job, ep, inputs, outputs, features)
         flags["aot_inductor.metadata"] = {**flags.get("aot_inductor.metadata", {}), SIGNATURE_KEY: signature.to_json()}
-        torch._inductor.aoti_compile_and_package(ep, package_path=str(out_file), inductor_configs=flags)
+        with cpu_quant.int4_as_fallback(module):
+            torch._inductor.aoti_compile_and_package(ep, package_path=str(out_file), inductor_configs=flags)
         module.to("cpu")
         return CompiledGraph(file=out_file, inputs=inputs, outputs=outputs, mutated_state=mutated, derived=derived)
 
