@@ -92,3 +92,12 @@ def require(record: dict[str, Any], where: str) -> None:
 
 def _features_of(path: str) -> set[str]:
     return set(PATH_FEATURES[path])
+
+
+def require_all(records: dict[str, Any], where: str) -> None:
+    """`require` for every op in neuron_config.json metadata.kernels; an op this runtime does not know is refused."""
+    for op, record in records.items():
+        if op != OP or not isinstance(record, dict):
+            raise KernelUnavailable(f"{where}: neuron_config.json metadata.kernels names op '{op}', which this "
+                                    f"neuron-infer does not provide (it has {OP}); upgrade neuron-infer")
+        require(record, where)

@@ -1,0 +1,78 @@
+"""16-bit decode GEMVs on neuron-infer's `neuron::linear_16bit` (a torch op built from C++ by neuron-infer).
+
+Decode reads every weight once per token for a few rows (the batch), so it runs at the memory bandwidth of the
+weight reads, and stock kernels fall short of it in bfloat16 (AMD Zen4, AVX512-BF16, 2 threads, SmolLM2-135M's
+121 linears = 269 MB: F.linear ~12 GB/s, oneDNN on pre-packed weights ~19 GB/s, read bandwidth 34-50 GB/s). The
+kernel reads the weights as stored, so it needs no derived constants; the graph calls the op through
+AOTInductor's proxy executor, and the artifact records the op and the vector path chosen here
+(metadata.kernels), which the runtime builds, loads and checks before it loads a graph.
+
+neuron-infer is imported lazily, only when this kernel is chosen (neuron-export's optional dependency).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuron_export.errors import ExportError
+
+DTYPES = ("bfloat16", "float16")
+# (dtype, the kernel's best vector path on this CPU) where it measurably beats both stock F.linear and oneDNN on
+# packed weights at decode batches 1-8 (bench/gemv_bench.py). A path not listed has not been measured: off.
+PAYS_OFF = {("bfloat16", "avx512_bf16"), ("bfloat16", "avx512"), ("float16", "avx512")}
+
+
+def _kernels() -> Any:
+    try:
+        from neuron_infer import kernels
+    except ImportError as e:
+        raise ExportError("--gemv16 runs neuron-infer's kernel: pip install 'neuron-export[validate]' (neuron-infer), "
+                          "or export with --no-gemv16") from e
+    return kernels
+
+
+def best_path(dtype: str) -> str:
+    """The kernel's best path for `dtype` on this CPU; builds the kernel at first use (ExportError if it cannot)."""
+    kernels = _kernels()
+    try:
+        return kernels.host_paths(getattr(torch, dtype))[0]
+    except kernels.KernelUnavailable as e:
+        raise ExportError(f"--gemv16: {e}") from e
+
+
+def choose(dtype: str, asked: bool | None) -> bool:
+    """Whether decode graphs call the kernel: the user's explicit choice, else where it pays off on this CPU."""
+    if asked is False or dtype not in DTYPES:
+        if asked:
+            raise ExportError(f"--gemv16 multiplies bfloat16 or float16 weights, not {dtype}; drop the flag or pass "
+                              "--torch_dtype bfloat16")
+        return False
+    if asked:
+        best_path(dtype)  # builds it now (once, before compile workers start), or refuses
+        return True
+    try:
+        return (dtype, best_path(dtype)) in PAYS_OFF
+    except ExportError:
+        return False  # no compiler or no neuron-infer: the stock kernels
+
+
+def applies(module: nn.Linear) -> bool:
+    return module.weight.dtype in (torch.bfloat16, torch.float16)
+
+
+def swap_in() -> None:
+    """Register the op (and its fake, for tracing) in this process before a graph that calls it is traced."""
+    _kernels().load()
+
+
+def forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.neuron.linear_16bit(x, self.weight, self.bias)
+
+
+def kernel_records(dtype: str) -> dict[str, Any]:
+    """neuron_config.json metadata.kernels for an export whose decode graphs call the kernel."""
+    kernels = _kernels()
+    return {kernels.LINEAR_16BIT_OP: kernels.kernel_record(getattr(torch, dtype))}
