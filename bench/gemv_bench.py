@@ -6,7 +6,7 @@ Random weights of SmolLM2's shapes (30 layers of fused qkv 960x576, o 576x576, f
 interleaved A B C C B A within each repetition and the table shows medians, so machine noise (other processes'
 compiles) hits all alike; the load average is printed before and after. Not part of CI; no assertion.
 
-    python bench/gemv_bench.py [--reps 5] [--batches 1 4 8] [--dtype bfloat16]
+    python bench/gemv_bench.py [--reps 5] [--batches 1 4 8] [--dtype bfloat16] [--threads 1]
 """
 
 from __future__ import annotations
@@ -66,7 +66,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     kernels.load()
     ws = weights(dtype)
