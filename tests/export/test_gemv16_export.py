@@ -79,9 +79,9 @@ def test_choice_rules():
     assert forced.gemv16 and not forced.prepacked_decode
     assert not aot.choose_kernels("cpu", "bfloat16", prepack_weights=None, prefill_upcast=None, gemv16=False).gemv16
     assert not aot.choose_kernels("cpu", "float32", prepack_weights=None, prefill_upcast=None).gemv16
-    with pytest.raises(ExportError, match=r"--gemv16 multiplies bfloat16 or float16 weights, not float32"):
+    with pytest.raises(ExportError, match="--gemv16 multiplies bfloat16 or float16 weights, not float32"):
         aot.choose_kernels("cpu", "float32", prepack_weights=None, prefill_upcast=None, gemv16=True)
-    with pytest.raises(ExportError, match="--prepack-weights and --gemv16 .* pass one"):
+    with pytest.raises(ExportError, match=r"--prepack-weights and --gemv16 .* pass one"):
         aot.choose_kernels("cpu", "bfloat16", prepack_weights=True, prefill_upcast=None, gemv16=True)
     with pytest.raises(ExportError, match=r"--gemv16: backend torch-export \(target cpu\) compiles no CPU kernels"):
         get_backend("torch-export").choose_kernels("cpu", "bfloat16", prepack_weights=None, prefill_upcast=None,
