@@ -73,7 +73,7 @@ def test_choice_rules():
     aot = get_backend("torch-aot")
     best = gemv16.best_path("bfloat16")
     default = aot.choose_kernels("cpu", "bfloat16", prepack_weights=None, prefill_upcast=None)
-    assert default.gemv16 == (("bfloat16", best) in gemv16.PAYS_OFF)
+    assert default.gemv16 == gemv16.pays_off("bfloat16", best)
     assert not (default.gemv16 and default.prepacked_decode), "one kernel per decode GEMV"
     forced = aot.choose_kernels("cpu", "bfloat16", prepack_weights=None, prefill_upcast=None, gemv16=True)
     assert forced.gemv16 and not forced.prepacked_decode

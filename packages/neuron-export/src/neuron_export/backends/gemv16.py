@@ -20,9 +20,25 @@ from torch import nn
 from neuron_export.errors import ExportError
 
 DTYPES = ("bfloat16", "float16")
-# (dtype, the kernel's best vector path on this CPU) where it measurably beats both stock F.linear and oneDNN on
-# packed weights at decode batches 1-8 (bench/gemv_bench.py). A path not listed has not been measured: off.
-PAYS_OFF = {("bfloat16", "avx512_bf16"), ("bfloat16", "avx512"), ("float16", "avx512")}
+# (dtype, the kernel's best vector path on this CPU) where it measurably beats the stock alternative at decode
+# batches 1-8 (bench/gemv_bench.py, AMD Zen4, 2 threads): oneDNN on packed weights for bfloat16, stock F.linear for
+# float16 (oneDNN packs only what the CPU multiplies natively). A pair not listed was not measured: off by default.
+PAYS_OFF = {("bfloat16", "avx512_bf16"), ("float16", "avx512")}
+# CPUs with these run oneDNN's 16-bit GEMMs on AMX tiles, not measured against this kernel: off by default there.
+UNMEASURED_FLAGS = ("amx_bf16", "amx_fp16")
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags as Linux names them (empty where /proc/cpuinfo is not there)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def pays_off(dtype: str, path: str) -> bool:
+    return (dtype, path) in PAYS_OFF and not cpu_flags() & set(UNMEASURED_FLAGS)
 
 
 def _kernels() -> Any:
@@ -54,7 +70,7 @@ def choose(dtype: str, asked: bool | None) -> bool:
         best_path(dtype)  # builds it now (once, before compile workers start), or refuses
         return True
     try:
-        return (dtype, best_path(dtype)) in PAYS_OFF
+        return pays_off(dtype, best_path(dtype))
     except ExportError:
         return False  # no compiler or no neuron-infer: the stock kernels
 
