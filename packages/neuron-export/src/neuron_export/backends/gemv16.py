@@ -1,10 +1,9 @@
 """16-bit decode GEMVs on neuron-infer's `neuron::linear_16bit` (a torch op built from C++ by neuron-infer).
 
 Decode reads every weight once per token for a few rows (the batch), so it runs at the memory bandwidth of the
-weight reads, and stock kernels fall short of it in bfloat16 (AMD Zen4, AVX512-BF16, 2 threads, SmolLM2-135M's
-121 linears = 269 MB: F.linear ~12 GB/s, oneDNN on pre-packed weights ~19 GB/s, read bandwidth 34-50 GB/s). The
-kernel reads the weights as stored, so it needs no derived constants; the graph calls the op through
-AOTInductor's proxy executor, and the artifact records the op and the vector path chosen here
+weight reads, and stock kernels fall short of it in 16 bits (numbers in neuron_infer/kernels/gemv.py and
+bench/gemv_bench.py). The kernel reads the weights as stored, so it needs no derived constants; the graph calls
+the op through AOTInductor's proxy executor, and the artifact records the op and the vector path chosen here
 (metadata.kernels), which the runtime builds, loads and checks before it loads a graph.
 
 neuron-infer is imported lazily, only when this kernel is chosen (neuron-export's optional dependency).
