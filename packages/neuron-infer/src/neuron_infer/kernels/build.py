@@ -17,7 +17,11 @@ import torch
 
 # No -march: every vector path carries its own target attribute and is chosen at run time by cpuid, so a library
 # built on one machine never executes an instruction another lacks.
-CFLAGS = ("-O3", "-std=c++17", "-fno-math-errno")
+# -fopenmp: at::parallel_for is an inline template over `#pragma omp parallel`; compiled without it, the op runs on
+# one thread whatever torch.get_num_threads() says. It links libgomp.so.1, the soname torch itself loads, so the
+# process still has one OpenMP runtime (as AOTInductor's own compiled graphs do).
+CFLAGS = ("-O3", "-std=c++17", "-fno-math-errno", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 _lock = threading.Lock()
 _loaded: dict[str, Path] = {}
 
@@ -32,7 +36,7 @@ def cache_dir() -> Path:
 
 def library_name(source: Path) -> str:
     key = hashlib.sha256(source.read_bytes())
-    key.update(f"torch {torch.__version__} flags {' '.join(CFLAGS)}".encode())
+    key.update(f"torch {torch.__version__} flags {' '.join(CFLAGS)} ldflags {' '.join(LDFLAGS)}".encode())
     return f"{source.stem}_{key.hexdigest()[:16]}"
 
 
@@ -65,7 +69,8 @@ def _build(source: Path, name: str, build_dir: Path, op: str) -> None:
                                 "(the neuron-infer[kernels] extra)") from e
     build_dir.mkdir(parents=True, exist_ok=True)
     try:
-        cpp_extension.load(name=name, sources=[str(source)], extra_cflags=list(CFLAGS), build_directory=str(build_dir),
+        cpp_extension.load(name=name, sources=[str(source)], extra_cflags=list(CFLAGS),
+                           extra_ldflags=list(LDFLAGS), build_directory=str(build_dir),
                            is_python_module=False, verbose=False)
     except (RuntimeError, OSError) as e:
         raise KernelUnavailable(f"building {op} from {source} failed (build dir {build_dir}): {e}") from e
