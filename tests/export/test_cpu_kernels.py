@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import neuron_export.models
-from neuron_export.backends import KernelChoice, cpu_kernels, get_backend
+from neuron_export.backends import KernelChoice, cpu_kernels, gemv16, get_backend
 from neuron_export.errors import ExportError
 
 PACKED = KernelChoice(prepacked_decode=True)
@@ -111,8 +111,10 @@ def test_only_torch_aot_on_cpu_chooses_kernels():
     native = cpu_kernels.native_low_precision_gemm("bfloat16")
     bf16 = aot.choose_kernels("cpu", "bfloat16", prepack_weights=None, prefill_upcast=None)
     # 16-bit decode packs only where the CPU multiplies it natively (else oneDNN emulates it, slower than GEMV).
-    assert bf16 == KernelChoice(prepacked_decode=native and torch.backends.mkldnn.is_available(),
-                                prefill_upcast=not native)
+    # ... unless neuron::linear_16bit beats oneDNN on this CPU (backends/gemv16.py; test_gemv16_export.py).
+    gemv = gemv16.choose("bfloat16", None)
+    assert bf16 == KernelChoice(prepacked_decode=native and torch.backends.mkldnn.is_available() and not gemv,
+                                prefill_upcast=not native, gemv16=gemv)
     assert aot.choose_kernels("cpu", "float32", prepack_weights=False, prefill_upcast=True) == KernelChoice()
     for backend, target in ((exported, "cpu"), (aot, "cuda")):
         assert backend.choose_kernels(target, "bfloat16", prepack_weights=None, prefill_upcast=None) == KernelChoice()

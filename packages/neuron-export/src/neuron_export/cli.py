@@ -72,6 +72,9 @@ def _parse_decode_batches(ctx: click.Context, param: click.Parameter, value: str
 @click.option("--prefill-upcast/--no-prefill-upcast", default=None,
               help="Prefill GEMMs in float32 from bfloat16/float16 weights (backend torch-aot, target cpu; default: "
                    "on when this CPU has no native 16-bit GEMM, e.g. AVX2-only hosts, where it is ~5x faster).")
+@click.option("--gemv16/--no-gemv16", default=None,
+              help="Decode GEMVs in bfloat16/float16 on neuron-infer's neuron::linear_16bit kernel, built from C++ at "
+                   "first use (backend torch-aot, target cpu; default: on where it beats oneDNN, see cpu_kernels.py).")
 @click.option("--compile-workers", "compile_workers", type=click.IntRange(min=0), default=None,
               help="Worker processes compiling graphs side by side while the checkpoint loads (backends whose graphs "
                    "hold no weights, e.g. torch-aot); 0 compiles in this process. Default: one per core.")

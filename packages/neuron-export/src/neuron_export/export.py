@@ -42,7 +42,7 @@ from neuron_cache.signature import STATIC_FIELDS
 from neuron_cache.store import CompileCache, graph_cache_key
 from neuron_cache.trust import record_trusted
 from neuron_export.__about__ import __version__
-from neuron_export.backends import GraphJob, KernelChoice, check_target, get_backend
+from neuron_export.backends import GraphJob, KernelChoice, check_target, cpu_kernels, get_backend
 from neuron_export.compile_worker import CompileRequest, WorkerPool, compile_graph, skeleton
 from neuron_export.convert import rank_weights, sharding_plan, tied_aliases
 from neuron_export.errors import ExportError, ShapeError, UnsupportedArchitectureError
@@ -91,6 +91,7 @@ class ExportOptions:
     revision: str | None = None
     prepack_weights: bool | None = None  # None: the backend decides (torch-aot, cpu: on for float32 with oneDNN)
     prefill_upcast: bool | None = None  # None: the backend decides (torch-aot, cpu: on when no native 16-bit GEMMs)
+    gemv16: bool | None = None  # None: the backend decides (torch-aot, cpu: on where neuron::linear_16bit pays)
     compile_workers: int | None = None  # None: one worker process per core (compile_worker.py); 0: in this process
     quantize: str | None = None  # "int8" | "int4": weight-only quantization of the linears (quantize.py)
     quant_group_size: int = 32  # int4: input channels per (scale, zero)
@@ -157,7 +158,7 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
     check_options(options.quantize, options.quant_group_size, backend.name, target, options.tensor_parallel_size)
     shapes = _shapes(options, hf_config, dtype)
     kernels = backend.choose_kernels(target, dtype, prepack_weights=options.prepack_weights,
-                                     prefill_upcast=options.prefill_upcast)
+                                     prefill_upcast=options.prefill_upcast, gemv16=options.gemv16)
     cache = CompileCache.from_env(options.cache_url, enabled=not options.disable_neuron_cache)
     log(f"Exporting {options.model} ({hf_config.model_type}, {family.__name__}) for {task}: batch {shapes.batch_size}, "
         f"sequence {shapes.sequence_length}, buckets {shapes.context_buckets}, {dtype}, backend {backend.name}/{target}")
@@ -225,7 +226,8 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
                    for n, b in model.named_buffers() if n in set(model.state_names())],
             metadata={"eos_token_id": getattr(hf_config, "eos_token_id", None),
                       "cpu_isa": torch.backends.cpu.get_cpu_capability() if target == "cpu" else None,
-                      "prefill_matmul_dtype": "float32" if kernels.prefill_upcast else dtype},
+                      "prefill_matmul_dtype": "float32" if kernels.prefill_upcast else dtype,
+                      "kernels": cpu_kernels.kernel_records(kernels, dtype)},
         )
         config.save(out)
 

@@ -86,6 +86,15 @@ def _check_cpu_isa(config: NeuronConfig, root: Path) -> None:
         )
 
 
+def load_kernels(config: NeuronConfig, root: Path) -> None:
+    """Build/load the kernel ops the artifact's graphs call (metadata.kernels), refusing a host that lacks one."""
+    records = (config.metadata or {}).get("kernels") or {}
+    if records:
+        from neuron_infer import kernels
+
+        kernels.require_all(records, str(root))
+
+
 def _onednn_pack(weight: torch.Tensor, batch: int) -> torch.Tensor:
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("this artifact decodes with oneDNN-packed weights, but this torch build has no oneDNN "
@@ -186,6 +195,7 @@ class DecoderRuntime:
         self.artifact = artifact
         self.rank = _rank(self.config)  # which weights shard this process binds (0 without tensor parallelism)
         self.device = torch.device("cuda" if self.config.target.device == "cuda" else "cpu")
+        load_kernels(self.config, self.root)  # custom ops the graphs call must be registered before they load
         self.constants = self._load_constants()
         self._lock = threading.Lock()
         self._prefill: dict[int, Graph] = {}

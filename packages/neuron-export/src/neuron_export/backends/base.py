@@ -24,6 +24,7 @@ class KernelChoice:
 
     prepacked_decode: bool = False  # decode GEMVs on weights pre-packed at load (backends/cpu_kernels.py)
     prefill_upcast: bool = False  # prefill GEMMs in float32 from 16-bit weights (backends/cpu_kernels.py)
+    gemv16: bool = False  # 16-bit decode GEMVs on neuron-infer's neuron::linear_16bit (backends/cpu_kernels.py)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -75,12 +76,13 @@ class Backend(ABC):
         return {}
 
     def choose_kernels(self, target: str, dtype: str, *, prepack_weights: bool | None,
-                       prefill_upcast: bool | None) -> KernelChoice:
+                       prefill_upcast: bool | None, gemv16: bool | None = None) -> KernelChoice:
         """The kernels this backend compiles an export's graphs with, from the user's options (None: the
         backend decides). By default none; an explicit request for one is refused rather than ignored."""
         from neuron_export.errors import ExportError
 
-        for flag, asked in (("--prepack-weights", prepack_weights), ("--prefill-upcast", prefill_upcast)):
+        for flag, asked in (("--prepack-weights", prepack_weights), ("--prefill-upcast", prefill_upcast),
+                            ("--gemv16", gemv16)):
             if asked:
                 raise ExportError(f"{flag}: backend {self.name} (target {target}) compiles no CPU kernels; it is a "
                                   "choice of backend torch-aot with target cpu. Drop the flag or use --backend torch-aot")

@@ -19,6 +19,8 @@ the trace is done (so the weights written to the artifact never include what it 
   slower than float32 (19 vs 101 GFLOP/s, 128x576x1536). There prefill graphs upcast each weight and
   multiply in float32. The result equals a native 16-bit GEMM up to summation order (both accumulate in
   float32 and round the output once).
+- Decode graphs in bfloat16/float16 on neuron-infer's `neuron::linear_16bit` (gemv16.py): instead of packing,
+  where it beats oneDNN; the two are exclusive.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neuron_export.backends import gemv16
 from neuron_export.backends.base import KernelChoice
 from neuron_export.errors import ExportError
 
@@ -62,8 +65,14 @@ def native_low_precision_gemm(dtype: str) -> bool:
     return True
 
 
-def choose(dtype: str, prepack_weights: bool | None, prefill_upcast: bool | None) -> KernelChoice:
+def choose(dtype: str, prepack_weights: bool | None, prefill_upcast: bool | None,
+           gemv16_asked: bool | None = None) -> KernelChoice:
     """The kernels for a cpu export: the user's explicit choice, else what pays off on this CPU."""
+    if prepack_weights and gemv16_asked:
+        raise ExportError("--prepack-weights and --gemv16 are two kernels for the same decode GEMVs; pass one")
+    use_gemv16 = gemv16.choose(dtype, False if prepack_weights else gemv16_asked)
+    if use_gemv16:
+        prepack_weights = False
     available = prepack_available(dtype)
     if prepack_weights and not available:
         raise ExportError(
@@ -76,7 +85,12 @@ def choose(dtype: str, prepack_weights: bool | None, prefill_upcast: bool | None
     else:
         upcast = prefill_upcast and dtype in LOW_PRECISION
     return KernelChoice(prepacked_decode=available if prepack_weights is None else prepack_weights,
-                        prefill_upcast=upcast)
+                        prefill_upcast=upcast, gemv16=use_gemv16)
+
+
+def kernel_records(kernels: KernelChoice, dtype: str) -> dict[str, Any]:
+    """The custom ops an export's graphs call, for neuron_config.json metadata.kernels (the runtime loads them)."""
+    return gemv16.kernel_records(dtype) if kernels.gemv16 else {}
 
 
 def pack(weight: torch.Tensor, batch: int) -> torch.Tensor:
@@ -106,9 +120,13 @@ def applied(module: nn.Module, kernels: KernelChoice, role: str, batch_size: int
     module has its class's `forward` again and no `packed_weight` buffer.
     """
     swapped: list[nn.Linear] = []
+    if kernels.gemv16 and role == "token_generation":
+        gemv16.swap_in()
     try:
         for _, linear in _linears(module):
-            if kernels.prepacked_decode and role == "token_generation":
+            if kernels.gemv16 and role == "token_generation" and gemv16.applies(linear):
+                linear.forward = MethodType(gemv16.forward, linear)
+            elif kernels.prepacked_decode and role == "token_generation":
                 # A dense placeholder at trace time (_linear_pointwise accepts both); the opaque oneDNN tensor
                 # is bound at load.
                 linear.register_buffer(PACKED, torch.zeros_like(linear.weight))

@@ -63,10 +63,11 @@ class TorchAOTBackend(Backend):
         return flags
 
     def choose_kernels(self, target: str, dtype: str, *, prepack_weights: bool | None,
-                       prefill_upcast: bool | None) -> KernelChoice:
+                       prefill_upcast: bool | None, gemv16: bool | None = None) -> KernelChoice:
         if target != "cpu":  # the CUDA path compiles the model as it is (Inductor picks its GEMMs)
-            return super().choose_kernels(target, dtype, prepack_weights=prepack_weights, prefill_upcast=prefill_upcast)
-        return cpu_kernels.choose(dtype, prepack_weights, prefill_upcast)
+            return super().choose_kernels(target, dtype, prepack_weights=prepack_weights, prefill_upcast=prefill_upcast,
+                                          gemv16=gemv16)
+        return cpu_kernels.choose(dtype, prepack_weights, prefill_upcast, gemv16)
 
     def derived_constants(self, job: GraphJob, target: str) -> dict[str, dict[str, Any]]:
         if target != "cpu":
