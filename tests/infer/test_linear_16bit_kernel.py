@@ -52,6 +52,23 @@ def test_every_path_matches_float64(dtype, path, bias):
             assert excess <= 0, f"{path} {dtype} M={m} K={k}: off by {excess:.3g} beyond one rounding"
 
 
+@pytest.mark.parametrize(("dtype", "path"), cases(), ids=lambda v: str(v).removeprefix("torch."))
+def test_rows_split_over_threads(dtype, path):
+    # 1001 rows of K=67 exceed one task's grain (~64 KiB of weights): ranges start mid-block on each thread.
+    gen = torch.Generator().manual_seed(2)
+    w, b = torch.randn(1001, 67, generator=gen).to(dtype), torch.randn(1001, generator=gen).to(dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(2, previous))
+    try:
+        for m in (1, 3, 8):
+            x = torch.randn(m, 67, generator=gen).to(dtype)
+            ref, bound = reference(x, w, b)
+            excess = ((kernels.linear(x, w, b, path=path).double() - ref).abs() - bound).max().item()
+            assert excess <= 0, f"{path} {dtype} M={m}: off by {excess:.3g} beyond one rounding"
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_default_path_is_the_best_and_batches_leading_dims():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 45, generator=gen).to(torch.bfloat16)

@@ -2,9 +2,10 @@
 
 Why a kernel of our own: decode multiplies a few rows by every weight once, so it is bound by reading the
 weights, and torch's stock kernels fall short of the bandwidth there. Measured (bench/gemv_bench.py, AMD Zen4 with
-AVX512-BF16, 1 thread, all 121 SmolLM2-135M linears = 269 MB, read bandwidth ~23 GB/s): M = 1 / 4 / 8 rows take
-15.6 / 17.1 / 22.3 ms here against 22.7 / 21.0 / 28.5 with oneDNN on pre-packed weights and 37.9 / 41.2 / 46.0
-with F.linear; SmolLM2 bf16 decode (torch-aot, batch 1) ran 62 steps/s against 45 on packed weights (1 thread).
+AVX512-BF16, all 121 SmolLM2-135M linears = 269 MB, M = 1 / 4 / 8 rows): 2 threads on an idle machine (read
+bandwidth 44 GB/s) 10.8 / 10.6 / 13.7 ms here against 16.8 / 15.6 / 17.9 with oneDNN on pre-packed weights and
+24.8 / 26.6 / 30.3 with F.linear; 1 thread 15.6 / 17.1 / 22.3 against 22.7 / 21.0 / 28.5 and 37.9 / 41.2 / 46.0.
+SmolLM2 bf16 decode (torch-aot, batch 1, 1 thread) ran 62-64 steps/s against 41-45 on packed weights.
 The kernel reads each weight row as stored (nothing to repack or derive at load) for all rows of x at once.
 AOTInductor calls it through its proxy executor: ~2 us per call including a 64x64 GEMV, so no C shim.
 
