@@ -121,11 +121,16 @@ def default_buckets(max_context_length: int, smallest: int = 64) -> list[int]:
     """Powers of two from `smallest` up to, and ending at, max_context_length. NxDI starts at 128; on CPU prefill
     costs what its padded bucket costs, and a chat turn (SmolLM2's template + question: ~40 tokens) fits 64,
     so the smaller first bucket halves its prompt-to-first-token for one more graph (compiled in parallel)."""
-    buckets, b = [], smallest
-    while b < max_context_length:
-        buckets.append(b)
+    return [*_doubling(smallest, max_context_length), max_context_length]
+
+
+def _doubling(smallest: int, limit: int) -> list[int]:
+    """smallest, 2 * smallest, ... below limit."""
+    values, b = [], smallest
+    while b < limit:
+        values.append(b)
         b *= 2
-    return [*buckets, max_context_length]
+    return values
 
 
 KV_BUCKET_SMALLEST = 512
@@ -135,11 +140,7 @@ def default_kv_buckets(sequence_length: int, smallest: int = KV_BUCKET_SMALLEST)
     """Token-generation KV buckets below sequence_length, doubling from `smallest`: a 4096-token cache
     decodes a short context in the 512 graph. Below 512 positions the cache read is a few percent of a
     step (SmolLM2: 12 MB of KV in 16-bit vs 270 MB of weights), not worth another compiled graph."""
-    buckets, b = [], smallest
-    while b < sequence_length:
-        buckets.append(b)
-        b *= 2
-    return buckets
+    return _doubling(smallest, sequence_length)
 
 
 def export(options: ExportOptions, log: Log = print) -> ExportResult:
@@ -315,7 +316,7 @@ def _compile_graphs(model, *, hf_config, shapes: StaticShapes, kernels: KernelCh
         # through a shared cache.
         backend_id["cpu_isa"] = torch.backends.cpu.get_cpu_capability()
     flags = {**backend.default_flags(target), **options.flags}
-    stats_lock = threading.Lock()
+    trust_lock = threading.Lock()  # the trust store is one file, written by each graph's thread
 
     def one(i: int, role: str, bucket: int | None, rows: int | None) -> tuple[str, GraphEntry, dict, float]:
         name = role if bucket is None else f"{role}_{'kv' if role == 'token_generation' else ''}{bucket}"
@@ -364,7 +365,7 @@ def _compile_graphs(model, *, hf_config, shapes: StaticShapes, kernels: KernelCh
         # This machine produced the graph (compiled it, or took it from the compile cache it was pointed
         # at): record its digest so the artifact loads here without a trust_remote_code consent.
         digest = sha256_file(out / rel)
-        with stats_lock:
+        with trust_lock:
             record_trusted(digest, origin=f"neuron-export {__version__}: {name} of {options.model}")
         took = time.perf_counter() - t
         how = "compiled" if compiled_here else "from the compile cache"

@@ -198,9 +198,8 @@ class DecoderRuntime:
         load_kernels(self.config, self.root)  # custom ops the graphs call must be registered before they load
         self.constants = self._load_constants()
         self._lock = threading.Lock()
-        self._prefill: dict[int, Graph] = {}
-        self._decode = self._load(self.config.graph_for("token_generation"))
-        self._graphs: dict[str, Graph] = {}  # sub-batch and KV-bucket token-generation graphs, loaded on use
+        self._graphs: dict[str, Graph] = {}  # by name, each loaded on first use (`_graph`)
+        self._decode = self._graph(self.config.graph_for("token_generation"))
 
     # ---- loading -------------------------------------------------------------------------------
     def _load_constants(self) -> dict[str, torch.Tensor]:
@@ -228,12 +227,15 @@ class DecoderRuntime:
         graph.signature.check_config(self.config, name, where)
         return graph
 
-    def prefill_graph(self, bucket: int) -> Graph:
-        # Buckets load on first use: a short-prompt workload never pays for the large ones.
+    def _graph(self, name: str) -> Graph:
+        # Graphs load on first use: a short-prompt workload never pays for the large buckets.
         with self._lock:
-            if bucket not in self._prefill:
-                self._prefill[bucket] = self._load(self.config.graph_for("context_encoding", bucket=bucket))
-            return self._prefill[bucket]
+            if name not in self._graphs:
+                self._graphs[name] = self._load(name)
+            return self._graphs[name]
+
+    def prefill_graph(self, bucket: int) -> Graph:
+        return self._graph(self.config.graph_for("context_encoding", bucket=bucket))
 
     def decode_graph(self, positions: torch.Tensor, rows: int | None = None) -> Graph:
         """The token-generation graph over `rows` slots (None: all) that attends over the fewest KV positions
@@ -241,23 +243,15 @@ class DecoderRuntime:
         kv = self.config.kv_bucket_for(int(positions.max()) + 1, rows) if positions.numel() else None
         if kv is None and rows is None:
             return self._decode
-        name = self.config.graph_for("token_generation", bucket=kv, rows=rows)
-        with self._lock:
-            if name not in self._graphs:
-                self._graphs[name] = self._load(name)
-            return self._graphs[name]
+        return self._graph(self.config.graph_for("token_generation", bucket=kv, rows=rows))
 
     def rows_for(self, n: int) -> int | None:
         """The smallest sub-batch decode graph that holds n sequences, or None (use the full batch)."""
         return self.config.rows_for(n)
 
     def warmup(self) -> None:
-        for bucket in self.config.context_buckets:
-            self.prefill_graph(bucket)
-        for name, graph in self.config.graphs_by_role("token_generation").items():
-            with self._lock:
-                if (graph.bucket, graph.rows) != (None, None) and name not in self._graphs:
-                    self._graphs[name] = self._load(name)
+        for name in self.config.graphs:
+            self._graph(name)
 
     # ---- execution -----------------------------------------------------------------------------
     # Graph inputs go to the artifact's device and outputs come back to the host; on cpu both return
