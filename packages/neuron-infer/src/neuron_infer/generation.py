@@ -10,7 +10,7 @@ Arguments and inputs are resolved and checked in generation_args.py.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ import torch
 from neuron_infer.engine.executor import BatchExecutor
 from neuron_infer.generation_args import GenerationSettings, check_fits_runtime, check_inputs
 from neuron_infer.runtime import DecoderRuntime
-from neuron_infer.sampling import Processors, select
+from neuron_infer.sampling import Processors, choose, pick_tokens
 
 
 def generate(
@@ -29,7 +29,9 @@ def generate(
     streamer: Any = None,
     stopping_criteria: Any = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Any:
+    """The prompt ids followed by the new tokens (rows, width); with return_dict_in_generate, transformers'
+    GenerateDecoderOnlyOutput (sequences, and the per-step scores and logits when asked for)."""
     input_ids, mask = check_inputs(input_ids, attention_mask, runtime.vocab_size)
     check_fits_runtime(settings, runtime)
     n = settings.num_return_sequences
@@ -53,7 +55,7 @@ def generate(
             f"{config.sequence_length}; generating at most {room} tokens", stacklevel=3,
         )
         max_new = room
-    processors = settings.rules.build(input_ids.shape[1], settings.eos_token_ids)
+    processors = _processors(settings, input_ids.shape[1])
     decoder = _Decoder(BatchExecutor(runtime), settings, max_new, processors, streamer, stopping_criteria, generator)
     if streamer is not None:
         streamer.put(input_ids.cpu())
@@ -63,7 +65,36 @@ def generate(
         streamer.end()
     width = max(c.shape[1] for c in chunks)
     padded = [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=settings.pad_token_id) for c in chunks]
-    return torch.cat(padded, dim=0)
+    sequences = torch.cat(padded, dim=0)
+    if not settings.return_dict_in_generate:
+        return sequences
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    steps = width - input_ids.shape[1]
+    return GenerateDecoderOnlyOutput(
+        sequences=sequences,
+        scores=_per_step(decoder.scores, steps) if settings.output_scores else None,
+        logits=_per_step(decoder.logits, steps) if settings.output_logits else None,
+    )
+
+
+def _processors(settings: GenerationSettings, prompt_width: int) -> Processors | None:
+    """The request's LogitsProcessorList; transformers' own argument checks come back naming generate()."""
+    max_length = prompt_width + settings.max_new_tokens  # transformers' max_length once max_new_tokens is known
+    try:
+        return settings.rules.build(prompt_width, settings.eos_token_ids, settings.sampling, max_length)
+    except ValueError as err:
+        raise ValueError(f"generate(): {err} (raised by transformers' logits processor for these arguments)") from None
+
+
+def _per_step(chunks: list[list[torch.Tensor]], steps: int) -> tuple[torch.Tensor, ...]:
+    """Each chunk's per-step (rows, vocab) tensors -> one (all rows, vocab) tensor per step, like transformers.
+    A chunk that finished before the longest has no scores for the later steps: those rows are NaN."""
+    out = []
+    for step in range(steps):
+        parts = [c[step] if step < len(c) else torch.full_like(c[0], float("nan")) for c in chunks]
+        out.append(torch.cat(parts, dim=0))
+    return tuple(out)
 
 
 @dataclass(slots=True)
@@ -77,11 +108,15 @@ class _Decoder:
     streamer: Any
     stopping_criteria: Any
     generator: torch.Generator | None
+    scores: list[list[torch.Tensor]] = field(default_factory=list)  # per chunk, per step: (rows, vocab)
+    logits: list[list[torch.Tensor]] = field(default_factory=list)
 
     def run(self, prompts: list[torch.Tensor], prefix: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         executor, settings = self.executor, self.settings
         n_rows, B = len(prompts), executor.batch_size
         on_device = executor.on_device_sampling
+        self.scores.append([])
+        self.logits.append([])
         row_params = torch.tensor([settings.sampling.as_row()] * B) if on_device else None
         # What transformers' logits processors see: the prompt padded on the left (where transformers wants
         # the padding; left-padded input is unchanged), then the new tokens.
@@ -125,9 +160,13 @@ class _Decoder:
         if self.executor.on_device_sampling:
             return out.reshape(-1)[:rows].long()
         logits = out.reshape(-1, out.shape[-1])[:rows].float()
-        if self.processors is not None:
-            logits = self.processors(history, logits)
-        return select(logits, self.settings.sampling, self.generator)
+        if self.settings.output_logits:
+            self.logits[-1].append(logits.clone())
+        if not self.settings.output_scores:
+            return pick_tokens(logits, self.settings.sampling, self.generator, self.processors, history)
+        scores = self.processors(history, logits)  # `output_scores` always builds the list
+        self.scores[-1].append(scores)
+        return choose(scores, self.settings.sampling.do_sample, self.generator)
 
 
 def _left_aligned(prefix: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

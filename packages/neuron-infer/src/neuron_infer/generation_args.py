@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
+from neuron_infer.logits_rules import LogitsRules
 from neuron_infer.runtime import DecoderRuntime
-from neuron_infer.sampling import LogitsRules, SamplingParams
+from neuron_infer.sampling import SamplingParams
 
 _FILE_FIX = "repair the file, or delete it to generate with transformers' defaults"
 
@@ -42,14 +43,29 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{name: (_is_int, "an integer") for name in (
         "max_length", "max_new_tokens", "top_k", "pad_token_id", "num_return_sequences", "no_repeat_ngram_size",
         "min_length", "min_new_tokens")},
-    **{name: (_is_real, "a number") for name in ("temperature", "top_p", "repetition_penalty")},
-    "do_sample": (lambda v: isinstance(v, bool), "true or false"),
+    **{name: (_is_real, "a number") for name in (
+        "temperature", "top_p", "repetition_penalty", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h")},
+    **{name: (lambda v: isinstance(v, bool), "true or false") for name in (
+        "do_sample", "renormalize_logits", "remove_invalid_values", "output_scores", "output_logits",
+        "return_dict_in_generate")},
     "eos_token_id": (lambda v: _is_int(v) or _is_ids(v), "an integer or a list of integers"),
+    "forced_bos_token_id": (_is_int, "an integer"),
+    "forced_eos_token_id": (lambda v: _is_int(v) or _is_ids(v), "an integer or a list of integers"),
+    "sequence_bias": (lambda v: _is_sequence_bias(v), "a dict {(token ids): bias} or a list [[token ids, bias], ...]"),
+    "exponential_decay_length_penalty": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and _is_int(v[0])
+                                         and _is_real(v[1]), "a pair (start index, decay factor)"),
     "suppress_tokens": (_is_ids, "a list of integers"),
     "begin_suppress_tokens": (_is_ids, "a list of integers"),
     "bad_words_ids": (lambda v: isinstance(v, (list, tuple)) and all(_is_ids(w) for w in v),
                       "a list of lists of integers"),
 }
+
+
+def _is_sequence_bias(value: Any) -> bool:
+    pairs = value.items() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else None
+    return pairs is not None and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and _is_ids(p[0]) and len(p[0]) > 0 and _is_real(p[1])
+        for p in pairs)
 
 
 def _kind_problem(name: str, value: Any) -> str | None:
@@ -60,7 +76,6 @@ def _kind_problem(name: str, value: Any) -> str | None:
 
 
 _BEAMS = "beam search is not implemented on the compiled slots; use num_beams=1 to decode greedily or to sample"
-_FILTERS = "this sampling filter is not implemented; use temperature, top_k and top_p"
 _NOT_HERE = "not implemented by this runtime; leave it unset"
 _ASSISTED = "assisted and speculative decoding are not implemented; leave it unset"
 
@@ -75,18 +90,8 @@ UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "penalty_alpha": (0.0, "contrastive search is not implemented; decode greedily or sample"),
     "dola_layers": (None, "DoLa decoding is not implemented; leave it unset"),
     "guidance_scale": (1.0, "classifier-free guidance is not implemented; leave it unset"),
-    "min_p": (None, _FILTERS),
-    "typical_p": (1.0, _FILTERS),
-    "epsilon_cutoff": (0.0, _FILTERS),
-    "eta_cutoff": (0.0, _FILTERS),
-    "top_h": (None, _FILTERS),
-    "sequence_bias": (None, "sequence biases are not implemented; bad_words_ids bans sequences"),
-    "forced_bos_token_id": (None, _NOT_HERE),
-    "forced_eos_token_id": (None, _NOT_HERE),
-    "exponential_decay_length_penalty": (None, _NOT_HERE),
     "encoder_repetition_penalty": (1.0, "decoder-only models have no encoder; use repetition_penalty"),
     "encoder_no_repeat_ngram_size": (0, "decoder-only models have no encoder; use no_repeat_ngram_size"),
-    "remove_invalid_values": (False, _NOT_HERE),
     "max_time": (None, "pass stopping_criteria=StoppingCriteriaList([MaxTimeCriteria(max_time)]) instead"),
     "stop_strings": (None, "pass stopping_criteria with transformers' StopStringCriteria instead, or use "
                            "neuron_infer.engine.Engine with RequestParams(stop=...)"),
@@ -96,7 +101,6 @@ UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "assistant_early_exit": (None, _ASSISTED),
     "use_mtp": (False, _ASSISTED),
     "speculation_type": (None, _ASSISTED),
-    "return_dict_in_generate": (False, "this generate returns the tensor of token ids only; leave it unset"),
 }
 
 
@@ -230,9 +234,13 @@ class GenerationSettings:
     pad_token_id: int
     num_return_sequences: int = 1
     rules: LogitsRules = field(default_factory=LogitsRules)
+    output_scores: bool = False  # transformers' GenerateDecoderOnlyOutput.scores: the processed scores per step
+    output_logits: bool = False  # ... and .logits: the raw logits per step
+    return_dict_in_generate: bool = False
 
     @classmethod
-    def resolve(cls, generation_config: Any, kwargs: dict[str, Any], prompt_len: int) -> GenerationSettings:
+    def resolve(cls, generation_config: Any, kwargs: dict[str, Any], prompt_len: int,
+                logits_processor: Any = None) -> GenerationSettings:
         for name, value in kwargs.items():
             problem = _kind_problem(name, value)
             if problem:
@@ -243,7 +251,7 @@ class GenerationSettings:
         if unused:
             raise TypeError(f"generate() got arguments it does not know: {unused}; check their spelling "
                             "(transformers-only arguments such as logits_processor are not supported)")
-        v = {name: _config_value(config, name) for name in GenerationDefaults.names()}
+        v = {name: _config_value(config, name) for name in (*GenerationDefaults.names(), *RULE_FIELDS, *OUTPUTS)}
         for name, value in v.items():
             problem = _kind_problem(name, value)
             if problem:
@@ -259,20 +267,33 @@ class GenerationSettings:
             top_k=int(_or(v["top_k"], 50)) if do_sample else 0,  # 50: transformers' default top_k
             top_p=float(_or(v["top_p"], 1.0)) if do_sample else 1.0,
         )
-        rules = LogitsRules(
-            repetition_penalty=float(_or(v["repetition_penalty"], 1.0)),
-            no_repeat_ngram_size=int(_or(v["no_repeat_ngram_size"], 0)),
-            bad_words_ids=None if v["bad_words_ids"] is None else [list(w) for w in v["bad_words_ids"]],
-            # With min_new_tokens set, transformers replaces min_length by min_new_tokens + the prompt width,
-            # the bound min_new_tokens enforces anyway.
-            min_length=0 if v["min_new_tokens"] is not None else int(_or(v["min_length"], 0)),
-            min_new_tokens=int(_or(v["min_new_tokens"], 0)),
-            suppress_tokens=None if v["suppress_tokens"] is None else list(v["suppress_tokens"]),
-            begin_suppress_tokens=None if v["begin_suppress_tokens"] is None else list(v["begin_suppress_tokens"]),
-        )
+        outputs = {name: bool(v[name]) for name in OUTPUTS}
+        rules = _rules(v, logits_processor, always=outputs["output_scores"] or outputs["output_logits"])
         return cls(max_new_tokens=_max_new_tokens(v["max_new_tokens"], v["max_length"], prompt_len),
                    sampling=sampling, eos_token_ids=eos_ids, pad_token_id=int(pad),
-                   num_return_sequences=_num_return_sequences(v["num_return_sequences"], do_sample), rules=rules)
+                   num_return_sequences=_num_return_sequences(v["num_return_sequences"], do_sample), rules=rules,
+                   **outputs)
+
+
+OUTPUTS = ("output_scores", "output_logits", "return_dict_in_generate")
+# The GenerationConfig fields that become LogitsRules (logits_rules.py; the OpenAI penalties are the Engine's).
+RULE_FIELDS = tuple(f.name for f in dataclasses.fields(LogitsRules)
+                    if f.name not in ("presence_penalty", "frequency_penalty", "logits_processor", "always"))
+_AS_LIST = {"bad_words_ids": lambda words: [list(w) for w in words], "suppress_tokens": list,
+            "begin_suppress_tokens": list, "forced_eos_token_id": lambda e: list(e) if isinstance(e, (list, tuple)) else e}
+
+
+def _rules(v: dict[str, Any], logits_processor: Any, always: bool) -> LogitsRules:
+    """The rules from resolved GenerationConfig values (None: transformers' off value)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(LogitsRules)}
+    values = {name: defaults[name] if v[name] is None else _AS_LIST.get(name, lambda x: x)(v[name])
+              for name in RULE_FIELDS}
+    # With min_new_tokens set, transformers replaces min_length by min_new_tokens + the prompt width,
+    # the bound min_new_tokens enforces anyway.
+    if v["min_new_tokens"] is not None:
+        values["min_length"] = 0
+    custom = list(logits_processor) if logits_processor else None
+    return LogitsRules(**values, logits_processor=custom, always=always)
 
 
 def check_inputs(input_ids: Any, attention_mask: Any, vocab_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,11 +345,13 @@ def _check_vocabulary(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int | N
 def check_fits_runtime(settings: GenerationSettings, runtime: DecoderRuntime) -> None:
     config = runtime.config
     if config.on_device_sampling:
-        needs_logits = settings.rules.active(settings.eos_token_ids)
+        needs_logits = settings.rules.active(settings.eos_token_ids, settings.sampling.do_sample)
+        needs_logits.update({name: True for name in ("output_scores", "output_logits") if getattr(settings, name)})
         if needs_logits:
             named = ", ".join(f"{k}={v!r}" for k, v in needs_logits.items())
             raise ValueError(f"generate(): {named} needs the logits on the host, but this artifact samples on the "
-                             "device (its graphs return token ids); re-export it without --on-device-sampling")
+                             "device (its graphs return token ids, which do only temperature, top_k and top_p); re-export it "
+                             "without --on-device-sampling, or leave these unset")
         if settings.sampling.do_sample and settings.sampling.top_k > config.max_topk:
             raise ValueError(f"generate(): top_k={settings.sampling.top_k} exceeds max_topk={config.max_topk}, the "
                              "most candidates this artifact's on-device sampling keeps; lower top_k, or re-export "

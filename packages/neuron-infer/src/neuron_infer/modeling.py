@@ -114,11 +114,18 @@ class NeuronModelForCausalLM:
         streamer: Any = None,
         stopping_criteria: Any = None,
         generator: torch.Generator | None = None,
+        logits_processor: Any = None,
         **kwargs: Any,
-    ) -> torch.Tensor:
-        """Like transformers' generate: returns the prompt ids followed by the new tokens (padded with pad_token_id).
+    ) -> Any:
+        """Like transformers' generate: returns the prompt ids followed by the new tokens (padded with pad_token_id),
+        or with `return_dict_in_generate=True` transformers' GenerateDecoderOnlyOutput (`output_scores`,
+        `output_logits`).
 
         Sampling draws from torch's global RNG (so `torch.manual_seed` reproduces a run) or `generator`.
+        The logits rules (repetition_penalty, no_repeat_ngram_size, min_p, sequence_bias, ...) and
+        `logits_processor` (a transformers LogitsProcessorList, merged as transformers merges it) run as
+        transformers' own LogitsProcessors on the host. A prompt batch larger than the compiled batch runs in
+        chunks, so a custom processor sees one chunk's rows at a time.
         """
         if input_ids is None:
             raise ValueError("generate() needs input_ids")
@@ -129,7 +136,7 @@ class NeuronModelForCausalLM:
             # transformers' GenerationConfig exactly as before.
             fast = self._generation_config is None and GenerationDefaults.covers(kwargs)
             base = self._generation_defaults if fast else self.generation_config
-        settings = GenerationSettings.resolve(base, kwargs, int(input_ids.shape[-1]))
+        settings = GenerationSettings.resolve(base, kwargs, int(input_ids.shape[-1]), logits_processor)
         return generate(self.runtime, input_ids, attention_mask, settings, streamer, stopping_criteria, generator)
 
     # ---- saving --------------------------------------------------------------------------------
