@@ -132,7 +132,7 @@ class Engine:
                 raise QueueFullError("max_queued", limit, f"at most {limit} waiting requests",
                                      "retry when a request finishes, or raise EngineConfig.max_queued")
             handle = RequestHandle(self, rid, ids, on_output)
-            req = _Request(handle, ids, params, TokenSampler(params.sampling(), params.seed), text, frozenset(stop_ids))
+            req = _Request(handle, ids, params, params.sampler(ids, stop_ids, self.vocab_size), text, frozenset(stop_ids))
             self._known[rid] = req
             self._handles[rid] = handle
             self._inbox.append(("add", req))
@@ -171,9 +171,7 @@ class Engine:
         if params.stop and self.tokenizer is None:
             raise RequestError("stop", params.stop, "stop strings only with a tokenizer",
                                "create the engine with a tokenizer, or use stop_token_ids")
-        if self.runtime.config.on_device_sampling and not params.greedy and params.top_k > cfg.max_topk:
-            raise RequestError("top_k", params.top_k, f"<= max_topk={cfg.max_topk} of this artifact",
-                               "lower top_k, or re-export with a larger --max_topk")
+        params.check_for(cfg.on_device_sampling, cfg.max_topk, self.vocab_size)
 
     # ---- stepping (one thread) -------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
