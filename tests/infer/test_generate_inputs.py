@@ -169,6 +169,7 @@ def refused_name(kwargs: dict) -> str:
 @pytest.mark.parametrize("kwargs", [
     dict(penalty_alpha=0.6, top_k=4), dict(max_time=5.0), dict(guidance_scale=2.0), dict(num_beam_groups=2),
     dict(watermarking_config={"bias": 2.0}),
+    dict(output_hidden_states=True, return_dict_in_generate=True),
 ], ids=refused_name)
 def test_unimplemented_arguments_are_refused_by_name(model, kwargs):
     name = refused_name(kwargs)

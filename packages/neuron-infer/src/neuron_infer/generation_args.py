@@ -96,6 +96,8 @@ UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "stop_strings": (None, "pass stopping_criteria with transformers' StopStringCriteria instead, or use "
                            "neuron_infer.engine.Engine with RequestParams(stop=...)"),
     "token_healing": (False, _NOT_HERE),
+    "output_attentions": (False, "the compiled graphs return no attentions; leave it unset"),
+    "output_hidden_states": (False, "the compiled graphs return no hidden states; leave it unset"),
     "watermarking_config": (None, _NOT_HERE),
     "prompt_lookup_num_tokens": (None, _ASSISTED),
     "assistant_early_exit": (None, _ASSISTED),
