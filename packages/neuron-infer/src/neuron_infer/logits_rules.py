@@ -130,7 +130,7 @@ class LogitsRules:
         makers = {
             "sequence_bias": lambda: lp.SequenceBiasLogitsProcessor(self._sequence_bias_pairs()),
             "repetition_penalty": lambda: lp.RepetitionPenaltyLogitsProcessor(penalty=float(self.repetition_penalty)),
-            "presence_penalty": lambda: OpenAIPenalties(float(self.presence_penalty), float(self.frequency_penalty),
+            "openai_penalties": lambda: OpenAIPenalties(float(self.presence_penalty), float(self.frequency_penalty),
                                                         prompt_width),
             "no_repeat_ngram_size": lambda: lp.NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size),
             "bad_words_ids": lambda: lp.NoBadWordsLogitsProcessor(self.bad_words_ids, eos),
@@ -148,10 +148,11 @@ class LogitsRules:
                 self.begin_suppress_tokens,
                 prompt_width + (prompt_width == 1 and self.forced_bos_token_id is not None)),
         }
-        if "frequency_penalty" in active:  # one processor for both OpenAI penalties
-            active.setdefault("presence_penalty", self.presence_penalty)
+        wanted = set(active)
+        if wanted & {"presence_penalty", "frequency_penalty"}:  # one processor for both (not transformers')
+            wanted.add("openai_penalties")
         # `makers` lists the rules in the order transformers' _get_logits_processor applies them.
-        processors = lp.LogitsProcessorList([make() for name, make in makers.items() if name in active])
+        processors = lp.LogitsProcessorList([make() for name, make in makers.items() if name in wanted])
         processors = _merge(processors, self.logits_processor or [])
         if sampling.do_sample:
             processors.extend(self._warpers(lp, sampling, active))
