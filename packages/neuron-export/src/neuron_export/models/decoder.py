@@ -1,6 +1,6 @@
 """The static-shape Llama-family decoder that every architecture in this package instantiates.
 
-Two graphs are traced from one module (see `DecoderModel.role`):
+Three kinds of graph are traced from one module (see `DecoderModel.role`):
 
 - context encoding: one prompt of `bucket` tokens (batch 1, positions 0..bucket-1) written into
   the KV-cache row `seq_id`; returns the logits (or the sampled token) at `last_index`;

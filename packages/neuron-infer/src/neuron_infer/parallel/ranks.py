@@ -1,8 +1,8 @@
 """MultiRankRuntime: a tensor-parallel artifact run by N rank processes this runtime starts and owns.
 
-It has DecoderRuntime's interface (prefill, prefill_chunk, copy_kv, decode, decode_slots, rows_for, ...), so generate, the
-Engine and the vLLM worker run on it unchanged: to them it is one runtime (vLLM sees one worker), as
-NxDI presents the NeuronCores of a model. Each call goes to every rank (parallel/rank.py); the ranks
+It has DecoderRuntime's interface (prefill, prefill_chunk, copy_kv, decode, decode_slots, rows_for,
+...), so generate, the Engine and the vLLM worker run on it unchanged: to them it is one runtime (vLLM
+sees one worker), as NxDI presents the NeuronCores of a model. Each call goes to every rank (parallel/rank.py); the ranks
 run their graphs, whose collectives synchronise them, and rank 0 returns the output.
 
 The processes are started by torch.multiprocessing (spawn); `_Ranks.close` asks them to exit, then
