@@ -22,7 +22,7 @@ from neuron_cache import CONFIG_NAME, NeuronConfig, NeuronConfigError, SchemaVer
 Mutation = Callable[[dict[str, Any]], None]
 ROOT_FIELDS = (
     "schema_version, producer, task, model_type, architecture, checkpoint_id, checkpoint_revision, batch_size, "
-    "max_batch_size, continuous_batching, sequence_length, max_context_length, context_buckets, "
+    "max_batch_size, continuous_batching, sequence_length, max_context_length, context_buckets, chunk_buckets, "
     "tensor_parallel_size, torch_dtype, on_device_sampling, max_topk, speculation_length, quantization, target, "
     "graphs, weights, state, metadata"
 )
@@ -127,6 +127,18 @@ MALFORMED = [
          "fits a bucket. Allowed: a list whose last bucket is 512. Fix: append 512."),
     case("no-buckets", put(("context_buckets",), []), "context_buckets",
          "field 'context_buckets' = []: is empty. Allowed: a non-empty increasing list."),
+    case("chunk-above-max-context", put(("chunk_buckets",), [128, 600]), "chunk_buckets",
+         "field 'chunk_buckets' = [128, 600]: holds a chunk length outside 1..max_context_length (512). Allowed: chunk "
+         "lengths 1..512. Fix: drop [600] or raise max_context_length."),
+    case("unsorted-chunks", put(("chunk_buckets",), [256, 128]), "chunk_buckets",
+         "field 'chunk_buckets' = [256, 128]: must be strictly increasing. Allowed: a strictly increasing list of "
+         "integers (or empty). Fix: use [128, 256]."),
+    case("chunk-without-graph", put(("chunk_buckets",), [128]), "chunk_buckets",
+         "field 'chunk_buckets' = [128]: names chunk length(s) [128] that no chunked_prefill graph has. Allowed: "
+         "chunk lengths with a graph: []. Fix: re-export the model, or drop them."),
+    case("chunk-graph-not-listed", put((*CE128, "role"), "chunked_prefill"), "graphs.context_encoding_128.bucket",
+         "field 'graphs.context_encoding_128.bucket' = 128: is not one of chunk_buckets. Allowed: none (chunk_buckets "
+         "is empty). Fix: re-export the model."),
     case("context-graph-bucket-not-listed", put((*CE128, "bucket"), 256), "graphs.context_encoding_128.bucket",
          "field 'graphs.context_encoding_128.bucket' = 256: is not one of context_buckets. Allowed: 128, 512."),
     case("context-graph-without-bucket", put((*CE128, "bucket"), None), "graphs.context_encoding_128.bucket",
@@ -201,7 +213,7 @@ MALFORMED = [
          "field 'torch_dtype' = 'fp16': not a recognised value. Allowed: 'float32', 'bfloat16', 'float16'."),
     case("bad-role", put((*TG, "role"), "decode"), "graphs.token_generation.role",
          "field 'graphs.token_generation.role' = 'decode': not a recognised value. Allowed: 'context_encoding', "
-         "'token_generation', 'speculation', 'encoder'."),
+         "'token_generation', 'chunked_prefill', 'speculation', 'encoder'."),
     case("quantization-bad-method", put(("quantization",), {"method": "int8", "bits": 8, "modules": ["lm_head"]}),
          "quantization.method",
          "field 'quantization.method' = 'int8': not a recognised value. Allowed: 'int8-weight-only', "
@@ -378,6 +390,35 @@ def test_bucket_for_picks_the_smallest_bucket_that_fits(config_dict: dict[str, A
 def test_bucket_for_a_prompt_longer_than_max_context_length(config_dict: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"Prompt of 513 tokens exceeds max_context_length=512"):
         NeuronConfig.from_dict(config_dict).bucket_for(513)
+
+
+def with_chunk_graph(config_dict: dict[str, Any], size: int = 128) -> dict[str, Any]:
+    graph = {**config_dict["graphs"]["context_encoding_128"], "role": "chunked_prefill", "bucket": size}
+    return {**config_dict, "chunk_buckets": [size], "graphs": {**config_dict["graphs"], f"chunked_prefill_{size}": graph}}
+
+
+def test_chunk_buckets_are_written_only_when_set(config_dict: dict[str, Any]) -> None:
+    """An artifact without chunked_prefill graphs reads as chunk_buckets [] and is written back as it was."""
+    config = NeuronConfig.from_dict(config_dict)
+    assert config.chunk_buckets == [] and config.chunk_plan(700) == []
+    assert "chunk_buckets" not in config.to_dict() and config.to_dict() == config_dict
+    chunked = NeuronConfig.from_dict(with_chunk_graph(config_dict))
+    assert chunked.to_dict()["chunk_buckets"] == [128]
+    assert chunked.graph_for("chunked_prefill", bucket=128) == "chunked_prefill_128"
+
+
+def test_chunk_plan_takes_the_largest_chunk_then_the_smallest_that_holds_the_tail(config_dict: dict[str, Any]) -> None:
+    config = NeuronConfig.from_dict(with_chunk_graph(config_dict)).replace(chunk_buckets=[8, 16, 64])
+    assert [config.chunk_plan(n) for n in (1, 8, 9, 64, 65, 100, 130)] == [
+        [8], [8], [16], [64], [64, 8], [64, 64], [64, 64, 8]]
+
+
+def test_rows_on_a_chunk_graph_are_refused(config_dict: dict[str, Any]) -> None:
+    data = with_chunk_graph(config_dict)
+    data["graphs"]["chunked_prefill_128"]["rows"] = 1
+    with pytest.raises(NeuronConfigError, match=r"graphs.chunked_prefill_128.rows' = 1: must be null for role "
+                                                r"'chunked_prefill'"):
+        NeuronConfig.from_dict(data)
 
 
 def test_graphs_by_role(config_dict: dict[str, Any]) -> None:

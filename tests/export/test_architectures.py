@@ -177,6 +177,21 @@ def test_two_slots_decode_together(exported: Exported):
     decode_and_compare(exported.artifact, exported.hf, {1: short, 0: long_}, steps, f"{exported.name} batch 2")
 
 
+def test_chunked_prefill_every_position(exported: Exported):
+    """The default chunk graphs (16 and 32): 20 tokens, then 24 more at start 20 through the 32 chunk, whose
+    last rows fall past the 48-position cache (dropped by the graph); every position against transformers."""
+    art = exported.artifact
+    reset_kv(art)
+    prompt = prompt_ids(SEQUENCE_LENGTH - 4, exported.vocab, seed=5)
+    with torch.no_grad():
+        ref = exported.hf(torch.tensor([prompt])).logits[0].float()
+    assert art.config.chunk_plan(24) == [32]
+    ours = torch.cat([art.prefill_chunk(torch.tensor(prompt[:20]), 1, 0),
+                      art.prefill_chunk(torch.tensor(prompt[20:]), 1, 20)])
+    for i in range(len(prompt)):
+        assert_logits_close(ours[i], ref[i], f"{exported.name} chunked prefill, position {i}")
+
+
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.without])
 def test_feature_changes_transformers_output(name: str):
     """Each architecture feature under test changes transformers' logits well beyond the tolerance

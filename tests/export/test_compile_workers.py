@@ -55,9 +55,11 @@ def compile_workers_alive() -> list[int]:
     return [pid for pid in children_of(os.getpid()) if is_worker(pid)]
 
 
-def greedy_tokens(root: Path, steps: int = 5) -> list[int]:
+def greedy_tokens(root: Path, steps: int = 5, chunked: bool = False) -> list[int]:
     runtime = open_runtime(root)
-    tokens = [int(runtime.prefill(torch.tensor(PROMPT), slot=0).argmax())]
+    prompt = torch.tensor(PROMPT)
+    first = runtime.prefill_chunk(prompt, 0, 0)[-1] if chunked else runtime.prefill(prompt, slot=0)
+    tokens = [int(first.argmax())]
     for step in range(steps):
         tokens.append(int(runtime.decode(torch.tensor([tokens[-1]]), torch.tensor([len(PROMPT) + step])).argmax()))
     return tokens
@@ -67,9 +69,10 @@ def greedy_tokens(root: Path, steps: int = 5) -> list[int]:
 def test_both_paths_give_transformers_tokens(checkpoint, tmp_path, workers):
     directory, hf_model = checkpoint
     root = export_tiny(directory, tmp_path / "art", compile_workers=workers, **AOT)
-    assert set(NeuronConfig.load(root).graphs) == {"context_encoding_16", "token_generation"}
+    assert set(NeuronConfig.load(root).graphs) == {"context_encoding_16", "token_generation", "chunked_prefill_16"}
     expected, _ = greedy_reference(hf_model, PROMPT, steps=5)
     assert greedy_tokens(tmp_path / "art") == expected
+    assert greedy_tokens(tmp_path / "art", chunked=True) == expected  # an AOTInductor chunk graph
 
 
 def test_a_worker_failure_names_the_graph_and_leaves_nothing(checkpoint, tmp_path, private_tmp):

@@ -24,12 +24,12 @@ def checkpoint(path, seed: int):
     return path, model
 
 
-GRAPHS = 4  # context buckets 8 and 16, token generation over both slots and over one (decode_batches [1])
+GRAPHS = 5  # context buckets 8 and 16, token generation over both slots and over one (decode_batches [1]), chunk 16
 
 
 def run(model_dir, out, cache_url, **extra):
     options = dict(model=str(model_dir), output=str(out), batch_size=2, sequence_length=32, max_context_length=16,
-                   context_buckets=[8, 16], backend="torch-export", cache_url=str(cache_url))
+                   context_buckets=[8, 16], chunk_buckets=[16], backend="torch-export", cache_url=str(cache_url))
     options.update(extra)
     return export(ExportOptions(**options), log=lambda _m: None)
 
@@ -69,7 +69,7 @@ def test_a_different_bucket_set_reuses_the_shared_buckets(tmp_path, cache_dir):
     ckpt, _ = checkpoint(tmp_path / "a", seed=0)
     run(ckpt, tmp_path / "out1", cache_dir)
     result = run(ckpt, tmp_path / "out2", cache_dir, context_buckets=[4, 16])
-    # bucket 4 is new; bucket 16 and both token-generation graphs come from the cache
+    # bucket 4 is new; bucket 16, both token-generation graphs and the chunk graph come from the cache
     assert (result.cache_stats["compiles"], result.cache_stats["hits"]) == (1, GRAPHS - 1)
 
 

@@ -258,9 +258,11 @@ def test_artifact_config_opens_and_verifies(cli_artifact: Path, tiny_llama_dir: 
     assert (config.max_context_length, config.context_buckets) == (BUCKETS[-1], BUCKETS)
     assert config.checkpoint_id == str(tiny_llama_dir)
     assert config.weights.aliases == {"lm_head.weight": "embed_tokens.weight"}  # tied embeddings stored once
-    # batch 2: one graph per bucket, token generation over both slots and over one (the default decode_batches)
+    # batch 2: one graph per bucket, token generation over both slots and over one (the default decode_batches),
+    # chunked prefill in the smallest and the largest bucket (the default chunk_buckets)
     assert sorted(config.graphs) == sorted([f"context_encoding_{b}" for b in BUCKETS]
-                                           + ["token_generation", "token_generation_rows1"])
+                                           + ["token_generation", "token_generation_rows1"]
+                                           + [f"chunked_prefill_{b}" for b in BUCKETS])
     artifact = Artifact.open(cli_artifact, verify=True)
     assert artifact.config == config
 

@@ -50,7 +50,7 @@ def linear_input_dtypes(directory: Path, upcast: bool, role: str) -> list[torch.
     shapes = StaticShapes(batch_size=2, sequence_length=SEQUENCE_LENGTH, context_buckets=[32], dtype="bfloat16")
     _, model = build_decoder(hf_config, shapes)
     model.role = role
-    inputs = model.example_inputs(role, 32 if role == "context_encoding" else None)
+    inputs = model.example_inputs(role, None if role == "token_generation" else 32)
     with cpu_kernels.applied(model, KernelChoice(prefill_upcast=upcast), role, batch_size=2), torch.no_grad():
         ep = torch.export.export(model, inputs, strict=False)
     ops = {torch.ops.aten.linear.default, torch.ops.aten.mm.default, torch.ops.aten.addmm.default}
@@ -83,6 +83,10 @@ def test_bf16_matches_transformers(checkpoint, tmp_path, upcast):
     # Both carry only bf16 rounding: ours may differ in summation order, not in precision.
     assert our_err <= 2 * hf_err + 0.02 * scale, f"prefill: ours {our_err:.3g} vs transformers bf16 {hf_err:.3g}"
     assert (ours - ref16[-1]).abs().max().item() <= 0.05 * scale
+    # The chunked-prefill graph (chunk 32, the default here): every prompt position, same bounds.
+    chunk = art.prefill_chunk(torch.tensor(prompt), 0, 0)
+    hf_rows, our_rows = (ref16 - ref32).abs().max().item(), (chunk - ref32).abs().max().item()
+    assert our_rows <= 2 * hf_rows + 0.02 * scale, f"chunked prefill: ours {our_rows:.3g} vs transformers {hf_rows:.3g}"
 
     seq = [*prompt, int(ref32[-1].argmax())]
     for step in range(DECODE_STEPS):
@@ -96,13 +100,15 @@ def test_bf16_matches_transformers(checkpoint, tmp_path, upcast):
 
     prefill_dtypes = linear_input_dtypes(directory, upcast, "context_encoding")
     decode_dtypes = linear_input_dtypes(directory, upcast, "token_generation")
+    chunk_dtypes = linear_input_dtypes(directory, upcast, "chunked_prefill")
     layer_gemms = 4 * COMMON_CONFIG["num_hidden_layers"]  # qkv, o, gate_up, down
     assert len(prefill_dtypes) == layer_gemms + 1  # + lm_head on the last token
     if upcast:
         assert prefill_dtypes[:layer_gemms] == [torch.float32] * layer_gemms
         assert prefill_dtypes[-1] == torch.bfloat16, "a 1-row lm_head GEMV is cheaper without the upcast"
+        assert chunk_dtypes[:layer_gemms] == [torch.float32] * layer_gemms  # a chunk's GEMMs are prefill's
     else:
-        assert set(prefill_dtypes) == {torch.bfloat16}
+        assert set(prefill_dtypes) == {torch.bfloat16} and set(chunk_dtypes) == {torch.bfloat16}
     assert set(decode_dtypes) == {torch.bfloat16}, "decode is bandwidth-bound: it must read 16-bit weights"
 
 

@@ -44,7 +44,9 @@ def sampled(tiny_llama_dir: Path, tmp_path_factory) -> Sampled:
                        max_topk=MAX_TOPK)
     art = open_runtime(root)
     assert art.config.on_device_sampling and art.config.max_topk == MAX_TOPK
-    assert all(o.name == "tokens" for g in art.config.graphs.values() for o in g.outputs)
+    # Every graph samples, but chunked prefill: it returns the logits of every chunk position (prompt logprobs)
+    assert all(o.name == "tokens" for g in art.config.graphs.values() if g.role != "chunked_prefill" for o in g.outputs)
+    assert all(g.outputs[0].name == "logits" for g in art.config.graphs_by_role("chunked_prefill").values())
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="eager", dtype=torch.float32).eval()
     vocab = hf.config.vocab_size
     return Sampled(artifact=art, hf=hf, prompts={0: prompt_ids(12, vocab, seed=1), 1: prompt_ids(21, vocab, seed=2)})

@@ -181,7 +181,7 @@ def test_artifacts_from_another_machine_need_consent(tiny_artifact, tmp_path, mo
     from neuron_cache import trust
 
     monkeypatch.setattr(trust, "trust_dir", lambda: tmp_path / "empty-ledger")
-    with pytest.raises(UntrustedGraphsError, match=r"graphs/context_encoding_8.pt2, .* and 2 more was not compiled"):
+    with pytest.raises(UntrustedGraphsError, match=r"graphs/context_encoding_8.pt2, .* and 4 more was not compiled"):
         NeuronModelForCausalLM.from_pretrained(tiny_artifact)
     with pytest.warns(UserWarning, match="running graphs not compiled on this machine"):
         model = NeuronModelForCausalLM.from_pretrained(tiny_artifact, trust_remote_code=True)

@@ -71,9 +71,31 @@ def test_aot_tp2_generate_and_engine(tiny_tp2_artifact, tiny_reference):
     model = NeuronModelForCausalLM.from_pretrained(tiny_tp2_artifact)
     try:
         assert generate(model, prompts, 12) == want
+        # The compiled chunk graph (its all-reduces inside), the prompt at an offset after a copied prefix.
+        model.runtime.prefill_chunk(torch.tensor(prompts[1][:4]), 0, 0)
+        model.runtime.copy_kv(0, 1, 4)
+        logits = model.runtime.prefill_chunk(torch.tensor(prompts[1][4:]), 1, 4)
+        assert logits.shape == (6, tiny_reference.config.vocab_size) and int(logits[-1].argmax()) == want[1][0]
     finally:
         model.runtime.close()
     with Engine.from_artifact(tiny_tp2_artifact, tokenizer=None).start() as engine:
         done = engine.generate([*prompts, prompts[0]], RequestParams(max_tokens=12, ignore_eos=True))
         assert [c.token_ids for c in done] == [*want, want[0]]
         engine.runtime.close()
+
+
+def test_tp2_chunked_prefill_and_copy_kv_match_transformers(case):
+    """A 50-token prompt (past max_context_length 32) through the chunk graphs of every rank, then a prefix copied
+    by every rank into another slot and continued: the logits of every position against transformers."""
+    name, model, reference = case
+    runtime = model.runtime
+    prompt = [int(x) for x in torch.randint(3, 160, (50,), generator=torch.Generator().manual_seed(2))]
+    with torch.no_grad():
+        ref = reference(torch.tensor([prompt])).logits[0].float()
+    tol = 1e-4 * ref.abs().max().item()
+    assert runtime.max_prompt_length == 63
+    assert (runtime.prefill_chunk(torch.tensor(prompt), 0, 0) - ref).abs().max().item() <= tol, name
+    runtime.copy_kv(0, 2, 30)
+    assert (runtime.prefill_chunk(torch.tensor(prompt[30:]), 2, 30) - ref[30:]).abs().max().item() <= tol, name
+    with pytest.raises(ValueError, match=r"positions \[60, 70\) do not fit"):
+        runtime.prefill_chunk(torch.tensor(prompt[:10]), 1, 60)

@@ -178,3 +178,21 @@ def test_a_weaker_cpu_is_refused_by_name(quant_artifacts, monkeypatch):
         pytest.skip("exported on a CPU without AVX2: nothing weaker to refuse")
     with pytest.raises(RuntimeError, match=f"compiled on a {config['metadata']['cpu_isa']} CPU"):
         DecoderRuntime(Artifact.open(quant_artifacts["int4"]))
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_chunked_prefill_equals_transformers_on_the_dequantized_weights(method, quant_artifacts, quant_checkpoint):
+    """The chunked-prefill graphs (the default chunk sizes) run the same quantized linears: every position of
+    the prompt and its continuation, encoded in two calls, the second at an offset."""
+    artifact = quant_artifacts[method]
+    reference = hf_with(quant_checkpoint, dequantized_weights(artifact), artifact)
+    tokens, _ = reference_run(reference, PROMPT, 6)
+    seq = PROMPT + tokens
+    with torch.no_grad():
+        ref = reference(torch.tensor([seq])).logits[0]
+    runtime = load_runtime(Artifact.open(artifact))
+    assert runtime.config.chunk_buckets
+    ours = torch.cat([runtime.prefill_chunk(torch.tensor(seq[:5]), 0, 0),
+                      runtime.prefill_chunk(torch.tensor(seq[5:]), 0, 5)])
+    diff = (ours - ref).abs().max().item()
+    assert diff <= LOGIT_ATOL, diff

@@ -32,7 +32,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 # The max |logit difference| against transformers an artifact of each dtype is validated at, unless told
 # otherwise (`neuron-export --atol`, `neuron-infer validate --atol`).
 VALIDATION_ATOL = {"float32": 1e-3, "bfloat16": 0.6, "float16": 0.15}
-GRAPH_ROLES = ("context_encoding", "token_generation", "speculation", "encoder")
+GRAPH_ROLES = ("context_encoding", "token_generation", "chunked_prefill", "speculation", "encoder")
 _SHA256 = "[0-9a-f]{64}"
 # No leading '/', no '..' anywhere, no backslash and no control character: a newline once let
 # "x\n/../../outside.pt2" past a '..' look-ahead that stopped at the line end. `Artifact.path` also
@@ -87,7 +87,8 @@ class GraphEntry:
     bucket: int | None = field(
         default=None,
         metadata={"minimum": 1, "description": "context_encoding: the prompt bucket; token_generation: the KV positions "
-                                               "it attends over (null: all sequence_length of them)"},
+                                               "it attends over (null: all sequence_length of them); chunked_prefill: "
+                                               "the chunk length"},
     )
     rows: int | None = field(
         default=None,
@@ -259,6 +260,12 @@ class NeuronConfig:
     sequence_length: int = field(metadata={"minimum": 1})
     max_context_length: int = field(metadata={"minimum": 1})
     context_buckets: list[int] = field(metadata={"items": {"minimum": 1}})
+    chunk_buckets: list[int] = field(
+        default_factory=list,
+        metadata={"items": {"minimum": 1}, "omit_default": True,
+                  "description": "chunk lengths of the chunked_prefill graphs (a chunk of a prompt encoded at any offset "
+                                 "into a slot's KV cache); absent or empty: no chunked prefill"},
+    )
     tensor_parallel_size: int = field(default=1, metadata={"minimum": 1})
     torch_dtype: str = field(metadata={"enum": list(DTYPES)})
     on_device_sampling: bool = False
@@ -315,6 +322,7 @@ class NeuronConfig:
         self.validate_shapes(
             batch_size=self.batch_size, max_batch_size=self.max_batch_size, sequence_length=self.sequence_length,
             max_context_length=self.max_context_length, context_buckets=self.context_buckets,
+            chunk_buckets=self.chunk_buckets,
         )
         if self.quantization is not None:
             self.quantization.validate(self.torch_dtype, self.tensor_parallel_size)
@@ -352,7 +360,8 @@ class NeuronConfig:
 
     @staticmethod
     def validate_shapes(
-        *, batch_size: int, max_batch_size: int, sequence_length: int, max_context_length: int, context_buckets: list[int]
+        *, batch_size: int, max_batch_size: int, sequence_length: int, max_context_length: int, context_buckets: list[int],
+        chunk_buckets: list[int] = (),
     ) -> None:
         """The shape rules, usable before a config exists (an exporter checks its options with them)."""
         for name, value in (("batch_size", batch_size), ("max_batch_size", max_batch_size),
@@ -392,6 +401,18 @@ class NeuronConfig:
                 allowed=f"a list whose last bucket is {max_context_length}",
                 fix=f"append {max_context_length}",
             )
+        chunks = list(chunk_buckets)
+        if chunks and (min(chunks) < 1 or max(chunks) > max_context_length):
+            raise NeuronConfigError(
+                "chunk_buckets", chunks, f"holds a chunk length outside 1..max_context_length ({max_context_length})",
+                allowed=f"chunk lengths 1..{max_context_length}",
+                fix=f"drop {[c for c in chunks if not 1 <= c <= max_context_length]} or raise max_context_length",
+            )
+        if sorted(set(chunks)) != chunks:
+            raise NeuronConfigError(
+                "chunk_buckets", chunks, "must be strictly increasing",
+                allowed="a strictly increasing list of integers (or empty)", fix=f"use {sorted(set(chunks))}",
+            )
 
     def _validate_graph(self, name: str, graph: GraphEntry) -> None:
         path = f"graphs.{name}"
@@ -400,6 +421,13 @@ class NeuronConfig:
                 raise NeuronConfigError(
                     f"{path}.bucket", graph.bucket, "is not one of context_buckets",
                     allowed=", ".join(map(str, self.context_buckets)),
+                )
+        elif graph.role == "chunked_prefill":
+            if graph.bucket is None or graph.bucket not in self.chunk_buckets:
+                raise NeuronConfigError(
+                    f"{path}.bucket", graph.bucket, "is not one of chunk_buckets",
+                    allowed=", ".join(map(str, self.chunk_buckets)) or "none (chunk_buckets is empty)",
+                    fix="re-export the model",
                 )
         elif graph.role == "token_generation":
             if graph.bucket is not None and not 1 <= graph.bucket < self.sequence_length:
@@ -411,7 +439,8 @@ class NeuronConfig:
         elif graph.bucket is not None and graph.role != "encoder":
             raise NeuronConfigError(
                 f"{path}.bucket", graph.bucket, f"must be null for role '{graph.role}'", allowed="null",
-                fix="only context_encoding, token_generation (KV length) and encoder graphs have a bucket",
+                fix="only context_encoding, token_generation (KV length), chunked_prefill and encoder graphs have a "
+                    "bucket",
             )
         if graph.rows is not None:
             if graph.role != "token_generation":
@@ -430,6 +459,13 @@ class NeuronConfig:
             raise NeuronConfigError(
                 "context_buckets", self.context_buckets, f"names bucket(s) {missing} that no context_encoding graph has",
                 allowed=f"buckets with a graph: {sorted(have)}", fix="re-export the model, or drop those buckets",
+            )
+        chunked = {g.bucket for g in self.graphs.values() if g.role == "chunked_prefill"}
+        missing = [c for c in self.chunk_buckets if c not in chunked]
+        if missing:
+            raise NeuronConfigError(
+                "chunk_buckets", self.chunk_buckets, f"names chunk length(s) {missing} that no chunked_prefill graph has",
+                allowed=f"chunk lengths with a graph: {sorted(chunked)}", fix="re-export the model, or drop them",
             )
         decode = [g for g in self.graphs.values() if g.role == "token_generation"]
         if not any(g.rows is None and g.bucket is None for g in decode):
@@ -461,6 +497,16 @@ class NeuronConfig:
             f"Prompt of {length} tokens exceeds max_context_length={self.max_context_length} of this artifact; "
             "shorten the prompt or re-export with a larger --max_context_length."
         )
+
+    def chunk_plan(self, length: int) -> list[int]:
+        """The chunk graphs that encode `length` tokens, in order: the largest chunk for the bulk, then the smallest
+        chunk that holds the tail (the last chunk is padded). Empty for an artifact without chunked_prefill graphs."""
+        plan, left = [], length
+        while self.chunk_buckets and left > 0:
+            size = min((c for c in self.chunk_buckets if c >= left), default=self.chunk_buckets[-1])
+            plan.append(size)
+            left -= size
+        return plan
 
     @property
     def decode_rows(self) -> list[int]:

@@ -131,12 +131,16 @@ def dataclass_from_json(cls: type, data: dict[str, Any], path: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def to_json(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         # Fields added after a schema version shipped are written only when set (`omit_default`), so that a
         # config without them is written back byte for byte.
         return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if not (f.metadata.get("omit_default") and getattr(value, f.name) == f.default)}
+                if not (f.metadata.get("omit_default") and getattr(value, f.name) == _default(f))}
     if isinstance(value, list | tuple):
         return [to_json(v) for v in value]
     if isinstance(value, dict):

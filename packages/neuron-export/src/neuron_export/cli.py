@@ -57,6 +57,10 @@ def _parse_decode_batches(ctx: click.Context, param: click.Parameter, value: str
               help="Token-generation graphs attending over only this many KV positions, e.g. 512,1024, or 'none' "
                    "(default: 512, 1024, ... below sequence_length): decode cost follows the live context, not "
                    "the compiled sequence_length.")
+@click.option("--chunk_buckets", "--chunk-buckets", callback=_parse_decode_batches, default=None,
+              help="Chunked-prefill graphs of these chunk lengths (each <= max_context_length), e.g. 64,256, or "
+                   "'none' (default: the smallest prompt bucket and the largest one up to 256): prompts longer than "
+                   "max_context_length, and prompts continuing a reused KV prefix, are encoded chunk by chunk.")
 @click.option("--tensor_parallel_size", "--tensor-parallel-size", type=click.IntRange(min=1), default=1,
               help="Ranks the model is split over: one SPMD graph set with its all-reduces inside, a weights file "
                    "per rank; from_pretrained starts the ranks (see the README, Tensor-parallel inference).")

@@ -64,7 +64,7 @@ def compile_graph(model, request: CompileRequest):
     model.kv_length = bucket if role == "token_generation" else None
     model.reset_state()
     job = GraphJob(name=request.name, role=role, bucket=bucket, module=model,
-                   example_inputs=model.example_inputs(role, bucket if role == "context_encoding" else None, rows),
+                   example_inputs=model.example_inputs(role, None if role == "token_generation" else bucket, rows),
                    input_names=model.input_names(role, rows), flags=dict(request.flags), static=dict(request.static),
                    kernels=request.kernels)
     try:

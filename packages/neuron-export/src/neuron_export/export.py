@@ -77,6 +77,7 @@ class ExportOptions:
     context_buckets: list[int] | None = None
     decode_batches: list[int] | None = None  # None: [1] when batch_size > 1 (see StaticShapes.decode_batches)
     kv_buckets: list[int] | None = None  # None: default_kv_buckets(sequence_length); [] for none (StaticShapes.kv_buckets)
+    chunk_buckets: list[int] | None = None  # None: default_chunk_buckets(context buckets); [] for none
     tensor_parallel_size: int = 1
     torch_dtype: str = "auto"
     on_device_sampling: bool = False
@@ -141,6 +142,17 @@ def default_kv_buckets(sequence_length: int, smallest: int = KV_BUCKET_SMALLEST)
     decodes a short context in the 512 graph. Below 512 positions the cache read is a few percent of a
     step (SmolLM2: 12 MB of KV in 16-bit vs 270 MB of weights), not worth another compiled graph."""
     return _doubling(smallest, sequence_length)
+
+
+CHUNK_BUCKET_LARGEST = 256
+
+
+def default_chunk_buckets(context_buckets: list[int], largest: int = CHUNK_BUCKET_LARGEST) -> list[int]:
+    """Two chunked-prefill graphs: the largest prompt bucket up to `largest` for the bulk of a long prompt, and the
+    smallest one for a short tail (the new turn after a reused prefix). A chunk attends over the whole cache and
+    its cost grows with its length: larger chunks gain little once the GEMMs are compute-bound."""
+    fitting = [b for b in context_buckets if b <= largest] or context_buckets[:1]
+    return sorted({fitting[0], fitting[-1]})
 
 
 def export(options: ExportOptions, log: Log = print) -> ExportResult:
@@ -210,6 +222,7 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
             sequence_length=shapes.sequence_length,
             max_context_length=shapes.max_context_length,
             context_buckets=shapes.context_buckets,
+            chunk_buckets=shapes.chunk_buckets,
             tensor_parallel_size=options.tensor_parallel_size,
             torch_dtype=dtype,
             on_device_sampling=shapes.on_device_sampling,
@@ -291,11 +304,12 @@ def _compile_workers(options: ExportOptions, backend, jobs: int) -> int:
 
 
 def _graph_list(shapes: StaticShapes) -> list[tuple[str, int | None, int | None]]:
-    """(role, bucket, rows) of every graph: a graph per prompt bucket, and token generation for every row count
-    (all slots, then each sub-batch) and every KV bucket (then the whole cache)."""
+    """(role, bucket, rows) of every graph: a graph per prompt bucket, token generation for every row count
+    (all slots, then each sub-batch) and every KV bucket (then the whole cache), and a graph per chunk length."""
     return ([("context_encoding", b, None) for b in shapes.context_buckets]
             + [("token_generation", kv, rows) for rows in [None, *shapes.decode_batches]
-               for kv in [*shapes.kv_buckets, None]])
+               for kv in [*shapes.kv_buckets, None]]
+            + [("chunked_prefill", c, None) for c in shapes.chunk_buckets])
 
 
 def _compile_graphs(model, *, hf_config, shapes: StaticShapes, kernels: KernelChoice, backend, target: str,
@@ -321,7 +335,7 @@ def _compile_graphs(model, *, hf_config, shapes: StaticShapes, kernels: KernelCh
     def one(i: int, role: str, bucket: int | None, rows: int | None) -> tuple[str, GraphEntry, dict, float]:
         name = role if bucket is None else f"{role}_{'kv' if role == 'token_generation' else ''}{bucket}"
         name = name if rows is None else f"{name}_rows{rows}"
-        prompt_bucket = bucket if role == "context_encoding" else None
+        prompt_bucket = None if role == "token_generation" else bucket  # token generation's is the KV length
         static = {**{k: v for k, v in _graph_shape_fields(shapes).items() if k in STATIC_FIELDS},
                   "rows": rows, "vocab_size": model.arch.vocab_size, **graph_fields(model)}
         request = CompileRequest(hf_config=hf_config, shapes=shapes, name=name, role=role, bucket=bucket, rows=rows,
@@ -520,8 +534,10 @@ def _shapes(options: ExportOptions, hf_config, dtype: str) -> StaticShapes:
         except ValueError as err:
             raise ShapeError(f"--tensor_parallel_size {tp}: {err}") from None
     # The artifact contract owns the shape rules; reuse them to report impossible shapes early.
+    chunk_buckets = default_chunk_buckets(buckets) if options.chunk_buckets is None else list(options.chunk_buckets)
     probe = {"batch_size": options.batch_size, "max_batch_size": options.batch_size,
-             "sequence_length": options.sequence_length, "max_context_length": max_ctx, "context_buckets": buckets}
+             "sequence_length": options.sequence_length, "max_context_length": max_ctx, "context_buckets": buckets,
+             "chunk_buckets": chunk_buckets}
     try:
         NeuronConfig.validate_shapes(**probe)
     except NeuronConfigError as err:
@@ -546,6 +562,6 @@ def _shapes(options: ExportOptions, hf_config, dtype: str) -> StaticShapes:
             f"({options.sequence_length}), increasing and unique (the whole cache always has its graph)"
         )
     return StaticShapes(batch_size=options.batch_size, sequence_length=options.sequence_length,
-                        decode_batches=list(decode_batches), kv_buckets=kv_buckets,
+                        decode_batches=list(decode_batches), kv_buckets=kv_buckets, chunk_buckets=chunk_buckets,
                         context_buckets=buckets, dtype=dtype, on_device_sampling=options.on_device_sampling,
                         max_topk=options.max_topk, tensor_parallel_size=tp)

@@ -245,6 +245,9 @@ class DecoderRuntime:
             return self._decode
         return self._graph(self.config.graph_for("token_generation", bucket=kv, rows=rows))
 
+    def chunk_graph(self, size: int) -> Graph:
+        return self._graph(self.config.graph_for("chunked_prefill", bucket=size))
+
     def rows_for(self, n: int) -> int | None:
         """The smallest sub-batch decode graph that holds n sequences, or None (use the full batch)."""
         return self.config.rows_for(n)
@@ -265,6 +268,12 @@ class DecoderRuntime:
     @property
     def batch_size(self) -> int:
         return self.config.batch_size
+
+    @property
+    def max_prompt_length(self) -> int:
+        """The longest prompt this artifact encodes: with chunked-prefill graphs, all but the last cache position
+        (left for the first generated token); without them, the largest prompt bucket."""
+        return max_prompt_length(self.config)
 
     @property
     def vocab_size(self) -> int | None:
@@ -308,6 +317,42 @@ class DecoderRuntime:
         with torch.no_grad():
             return self._to_host(self.prefill_graph(bucket)(**self._to_device(inputs)))[output][0]
 
+    def prefill_chunk(self, tokens: torch.Tensor, slot: int, start: int) -> torch.Tensor:
+        """Encode tokens (n,) at positions start..start+n-1 of `slot`'s KV rows, whose positions [0, start) must
+        already hold that sequence's prefix; returns float32 logits (n, vocab), one row per token.
+
+        Runs the chunked-prefill graphs of `NeuronConfig.chunk_plan`: the largest chunk for the bulk, the smallest
+        that holds the tail. The last chunk's padding writes K/V beyond the prompt (overwritten by the tokens that
+        follow) but never past the cache end: the graph drops rows past sequence_length (see the model's
+        chunked_prefill)."""
+        n, slot, start = int(tokens.numel()), int(slot), int(start)
+        check_chunk(self.config, n, slot, start)
+        self._check_ids(tokens, "tokens")
+        tokens = tokens.view(-1).long()
+        out, done = [], 0
+        with torch.no_grad():
+            for size in self.config.chunk_plan(n):
+                real = min(size, n - done)
+                ids = torch.zeros(1, size, dtype=torch.long)
+                ids[0, :real] = tokens[done:done + real]
+                inputs = {"input_ids": ids, "seq_id": torch.tensor([slot]), "start": torch.tensor([start + done])}
+                out.append(self._to_host(self.chunk_graph(size)(**self._to_device(inputs)))["logits"][:real])
+                done += real
+        return torch.cat(out)
+
+    def copy_kv(self, src_slot: int, dst_slot: int, length: int) -> None:
+        """Copy KV-cache positions [0, length) of every layer from `src_slot`'s rows to `dst_slot`'s (a shared
+        prompt prefix, encoded once). The state tensors are (batch, kv_heads, sequence_length, head_dim), as the
+        model that wrote `config.state` lays them out (checked here against the config)."""
+        src_slot, dst_slot, length = int(src_slot), int(dst_slot), int(length)
+        check_copy(self.config, src_slot, dst_slot, length)
+        if src_slot == dst_slot or length == 0:
+            return
+        with torch.no_grad():
+            for spec in self.config.state:
+                cache = self.constants[spec.name]
+                cache[dst_slot, :, :length] = cache[src_slot, :, :length]
+
     def decode_slots(self, slots: list[int], tokens: torch.Tensor, positions: torch.Tensor,
                      sampling: torch.Tensor | None = None, rand: torch.Tensor | None = None) -> torch.Tensor:
         """Advance only `slots` (row i: tokens[i] at positions[i]) through the smallest sub-batch graph that
@@ -348,6 +393,43 @@ class DecoderRuntime:
             output = "tokens"
         with torch.no_grad():
             return self._to_host(self.decode_graph(inputs["positions"])(**self._to_device(inputs)))[output]
+
+
+# ---- chunked prefill and KV copies: the checks both runtimes (this one, MultiRankRuntime) run before any rank does
+def max_prompt_length(config: NeuronConfig) -> int:
+    return config.sequence_length - 1 if config.chunk_buckets else config.max_context_length
+
+
+def _check_slot(config: NeuronConfig, slot: int, what: str) -> None:
+    if not 0 <= slot < config.batch_size:
+        raise ValueError(f"{what} {slot!r} is outside the compiled batch (0..{config.batch_size - 1})")
+
+
+def check_chunk(config: NeuronConfig, n: int, slot: int, start: int) -> None:
+    if not config.chunk_buckets:
+        raise ValueError("this artifact has no chunked_prefill graphs, so it encodes prompts only from position 0 and "
+                         f"up to max_context_length={config.max_context_length} tokens; re-export it with "
+                         "--chunk_buckets (e.g. 64,256) to encode longer prompts or continue a reused KV prefix")
+    if n < 1:
+        raise ValueError("cannot prefill an empty chunk of tokens")
+    _check_slot(config, slot, "slot")
+    limit = config.sequence_length
+    if start < 0 or start + n > limit:
+        raise ValueError(f"tokens at positions [{start}, {start + n}) do not fit the KV cache: start must be >= 0 and "
+                         f"start + len(tokens) <= sequence_length={limit}")
+
+
+def check_copy(config: NeuronConfig, src_slot: int, dst_slot: int, length: int) -> None:
+    _check_slot(config, src_slot, "src_slot")
+    _check_slot(config, dst_slot, "dst_slot")
+    limit = config.sequence_length
+    if not 0 <= length <= limit:
+        raise ValueError(f"length {length!r}: copy 0..sequence_length={limit} KV positions")
+    for spec in config.state:
+        if len(spec.shape) != 4 or spec.shape[0] != config.batch_size or spec.shape[2] != limit:
+            raise ArtifactError(f"neuron_config.json state '{spec.name}' = {spec.shape}: not a KV cache laid out "
+                                f"(batch_size={config.batch_size}, kv_heads, sequence_length={limit}, head_dim); "
+                                "re-export the model")
 
 
 def load_runtime(artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):

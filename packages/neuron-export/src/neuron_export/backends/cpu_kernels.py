@@ -131,7 +131,7 @@ def applied(module: nn.Module, kernels: KernelChoice, role: str, batch_size: int
                 # is bound at load.
                 linear.register_buffer(PACKED, torch.zeros_like(linear.weight))
                 linear.forward = MethodType(_packed_forward, linear)
-            elif kernels.prefill_upcast and role == "context_encoding":
+            elif kernels.prefill_upcast and role in ("context_encoding", "chunked_prefill"):
                 linear.forward = MethodType(_upcast_forward, linear)
             else:
                 continue

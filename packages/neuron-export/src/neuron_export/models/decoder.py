@@ -1,12 +1,15 @@
 """The static-shape Llama-family decoder that every architecture in this package instantiates.
 
-Two graphs are traced from one module (see `DecoderModel.role`):
+Three kinds of graph are traced from one module (see `DecoderModel.role`):
 
 - context encoding: one prompt of `bucket` tokens (batch 1, positions 0..bucket-1) written into
   the KV-cache row `seq_id`; returns the logits (or the sampled token) at `last_index`;
 - token generation: one token for every slot of the batch at per-row `positions`, attending over the
   first `kv_length` cache positions (a graph per KV bucket: decode cost follows the live context, not
-  the compiled `sequence_length`, as NxDI's token-generation buckets do).
+  the compiled `sequence_length`, as NxDI's token-generation buckets do);
+- chunked prefill: a chunk of `bucket` tokens of one slot at positions start..start+bucket-1, attending
+  over that slot's cache positions up to each token's own (earlier chunks, a copied prefix); returns the
+  logits of every chunk position (NxDI's and optimum-neuron's chunked prefill).
 
 The KV cache is module state (buffers) of shape (batch, kv_heads, sequence_length, head_dim)
 per layer, updated in place; weights, rope tables and caches are all bound at load time, so the
@@ -115,6 +118,25 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(B, T, self.arch.num_heads * self.arch.head_dim)
         return all_reduce(self.o_proj(out), self.tp)
 
+    def chunked_prefill(self, x, cos, sin, seq_id, window, source, mask):
+        """x (1, C, hidden): a chunk of slot seq_id. Cache positions window[j] (C distinct positions, all inside the
+        cache) take the chunk's row source[j], or keep what they hold where source[j] is -1: a chunk that would run
+        past the cache end writes only the positions inside it, however the runtime calls it. Then attends over
+        the slot's whole cache row, masked causally at absolute positions (and by the layer's window)."""
+        q, k, v = self.project(x, cos, sin)
+        C = x.shape[1]
+        kv_heads = torch.arange(self.arch.num_kv_heads, device=x.device)
+        index = (seq_id.view(1, 1, 1), kv_heads.view(1, -1, 1), window.view(1, 1, -1))
+        fresh = (source >= 0).view(1, 1, -1, 1)
+        rows = source.clamp(0, C - 1)
+        for cache, new in ((self.k_cache, k), (self.v_cache, v)):
+            cache.index_put_(index, torch.where(fresh, new.index_select(2, rows), cache[index]))
+        keys, values = self.k_cache.index_select(0, seq_id), self.v_cache.index_select(0, seq_id)  # (1, nkv, S, hd)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None], scale=self.arch.scale,
+                                             enable_gqa=True)
+        out = out.transpose(1, 2).reshape(1, C, self.arch.num_heads * self.arch.head_dim)
+        return all_reduce(self.o_proj(out), self.tp)
+
     def token_generation(self, x, cos, sin, positions, mask, seq_ids=None):
         """One token per row. Row i is slot i, or slot seq_ids[i] in a graph over a subset of the slots,
         which reads and writes only those slots' cache rows. Attends over the first mask.shape[-1] cache
@@ -163,7 +185,7 @@ class DecoderLayer(nn.Module):
 class DecoderModel(nn.Module):
     """The static-shape decoder. Set `role` before tracing to pick the graph `forward` traces."""
 
-    ROLES = ("context_encoding", "token_generation")
+    ROLES = ("context_encoding", "token_generation", "chunked_prefill")
 
     def __init__(self, arch: DecoderArch, shapes: StaticShapes):
         super().__init__()
@@ -202,6 +224,8 @@ class DecoderModel(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self.role == "context_encoding":
             return self.context_encoding(*inputs)
+        if self.role == "chunked_prefill":
+            return self.chunked_prefill(*inputs)
         if self.decode_rows is not None:
             return self.token_generation_rows(*inputs)
         return self.token_generation(*inputs)
@@ -219,6 +243,31 @@ class DecoderModel(nn.Module):
         hidden = self._run_layers(input_ids, attn)
         hidden = hidden.index_select(1, last_index)
         return self._head(hidden[:, 0], sampling_params, rand)
+
+    def chunked_prefill(self, input_ids, seq_id, start):
+        """input_ids (1, C), seq_id (1,), start (1,) -> logits (C, vocab) float32 of every chunk position.
+
+        The chunk's tokens sit at absolute positions start..start+C-1 of slot seq_id: rope, the causal mask and
+        sliding windows use those positions. The runtime keeps start + n <= sequence_length for the n real tokens;
+        rows past the cache end (a padded last chunk) are not written and their logits are garbage, as are the
+        logits of padding rows (whose K/V land beyond the prompt, where later writes overwrite them). Always
+        logits, also in an artifact that samples on device: prompt logprobs need every row, and the host samples
+        the first token after a chunked prefill. The lm_head over C rows costs C times a decode step's head
+        (SmolLM2: 49152 x 576 MACs a row), which a decode-sized model pays once a chunk, not once a token.
+        """
+        C, S = input_ids.shape[1], self.shapes.sequence_length
+        steps = torch.arange(C, device=input_ids.device)
+        pos = (start + steps).clamp(0, S - 1)  # in the cache (rows past the end act as the last position)
+        first = start.clamp(max=S - C).clamp(min=0)  # the C cache positions written: first..first+C-1
+        source = first + steps - start  # the chunk row each of them takes
+        source = torch.where((source >= 0) & (source < C), source, -1)
+        cos, sin = self.rope_cos.index_select(0, pos)[None, None], self.rope_sin.index_select(0, pos)[None, None]
+        masks = self._masks(pos.view(1, -1, 1), torch.arange(S, device=input_ids.device).view(1, 1, -1))
+
+        def attn(module: Attention, h):
+            return module.chunked_prefill(h, cos, sin, seq_id, first + steps, source, masks[module.layer])
+
+        return self._logits(self._run_layers(input_ids, attn)[0])
 
     def token_generation(self, input_ids, positions, sampling_params=None, rand=None):
         """input_ids (batch, 1), positions (batch,) -> logits (batch, vocab) or tokens (batch,)."""
@@ -265,18 +314,26 @@ class DecoderModel(nn.Module):
         return self.norm(hidden)
 
     def _head(self, hidden: torch.Tensor, sampling_params, rand) -> torch.Tensor:
+        logits = self._logits(hidden)
+        if self.shapes.on_device_sampling:
+            return sample_on_device(logits, sampling_params, rand, self.shapes.max_topk)
+        return logits
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (rows, hidden) -> float32 logits (rows, vocab) over the whole vocabulary."""
         logits = self.lm_head(hidden).float()
         if self.tp > 1:  # every rank's vocabulary rows (see parallel.py)
             logits = gather_vocab(logits, self.embed_tokens.local_ids, self.tp)
         if self.arch.logits_divisor != 1.0:
             logits = logits / self.arch.logits_divisor
-        if self.shapes.on_device_sampling:
-            return sample_on_device(logits, sampling_params, rand, self.shapes.max_topk)
         return logits
 
     # ---- export-time helpers -----------------------------------------------------------------
     def example_inputs(self, role: str, bucket: int | None = None, rows: int | None = None) -> tuple[torch.Tensor, ...]:
         """`rows`: a token-generation graph over that many of the batch's slots (None: all of them)."""
+        if role == "chunked_prefill":  # never samples: see chunked_prefill
+            assert bucket is not None
+            return torch.zeros(1, bucket, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
         if role == "context_encoding":
             assert bucket is not None
             inputs = (torch.zeros(1, bucket, dtype=torch.long), torch.zeros(1, dtype=torch.long),
@@ -296,6 +353,8 @@ class DecoderModel(nn.Module):
         return inputs
 
     def input_names(self, role: str, rows: int | None = None) -> list[str]:
+        if role == "chunked_prefill":
+            return ["input_ids", "seq_id", "start"]
         if role == "context_encoding":
             names = ["input_ids", "seq_id", "last_index"]
         else:
@@ -306,6 +365,9 @@ class DecoderModel(nn.Module):
         """Static inputs and outputs of a graph, known without tracing it."""
         inputs = [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                   for n, t in zip(self.input_names(role, rows), self.example_inputs(role, bucket, rows))]
+        if role == "chunked_prefill":
+            return {"inputs": inputs, "outputs": [{"name": "logits", "shape": [bucket, self.arch.vocab_size],
+                                                   "dtype": "float32"}]}
         rows = 1 if role == "context_encoding" else (rows or self.shapes.batch_size)
         if self.shapes.on_device_sampling:
             outputs = [{"name": "tokens", "shape": [rows], "dtype": "int64"}]

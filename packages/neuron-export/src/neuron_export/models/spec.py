@@ -71,6 +71,9 @@ class StaticShapes:
     # each below sequence_length: a step whose every live position is below b reads b positions of the KV
     # cache, not sequence_length (NxDI's token-generation buckets).
     kv_buckets: list[int] = field(default_factory=list)
+    # Chunked-prefill graphs, one per chunk length: a chunk of a prompt at any offset of a slot's KV cache (prompts
+    # longer than max_context_length, prefix reuse, a prompt scheduled over several steps).
+    chunk_buckets: list[int] = field(default_factory=list)
     # Ranks the graphs run on: each graph is one rank's share with its collectives inside (models/parallel.py).
     tensor_parallel_size: int = 1
 

@@ -99,14 +99,35 @@ class BatchExecutor:
         return self._decode_full(slots, tokens, positions, device_rows, rand, hold)
 
     # ---- steps with each slot's sampler --------------------------------------------------------
-    def prefill(self, slot: int, prompt: list[int] | torch.Tensor, sampler: TokenSampler) -> StepResult:
-        """Prefill `slot` with the prompt and pick the first token."""
-        ids = torch.as_tensor(prompt, dtype=torch.long)
+    def prefill(self, slot: int, prompt: list[int] | torch.Tensor, sampler: TokenSampler, start: int = 0) -> StepResult:
+        """Prefill `slot` with the prompt and pick the first token.
+
+        `prompt` is the whole prompt; the slot's KV positions [0, start) already hold prompt[:start] (a reused
+        prefix, `copy_kv`, or an earlier part encoded with `encode`), and prompt[start:] is encoded now: through
+        the context-encoding graph when start is 0 and the prompt fits a prompt bucket, else in chunks (the
+        token is then picked on the host with the same sampler, also for an on-device-sampling artifact)."""
+        ids = torch.as_tensor(prompt, dtype=torch.long).view(-1)
+        if not 0 <= start < ids.numel():
+            raise ValueError(f"start={start}: the prompt has {ids.numel()} tokens, and at least the last one must be "
+                             "encoded now (0 <= start < len(prompt))")
+        if start or ids.numel() > self.config.max_context_length:
+            logits = self.encode(slot, ids[start:], start)[-1]
+            return StepResult(sampler.pick(logits), logits)
         if self.on_device_sampling:
             out = self.prefill_raw(slot, ids, sampler.device_row(), sampler.uniform())
             return StepResult(int(out.reshape(-1)[0]), None)
         logits = self.prefill_raw(slot, ids).float()
         return StepResult(sampler.pick(logits), logits)
+
+    def encode(self, slot: int, tokens: list[int] | torch.Tensor, start: int) -> torch.Tensor:
+        """Encode tokens at positions start.. of `slot` (its KV positions [0, start) already valid) without picking
+        a token: float32 logits (n, vocab), one row per token (a prompt scheduled over several steps; prompt
+        logprobs). Needs the artifact's chunked-prefill graphs."""
+        return self.runtime.prefill_chunk(torch.as_tensor(tokens, dtype=torch.long).view(-1), slot, start).float()
+
+    def copy_kv(self, src: int, dst: int, length: int) -> None:
+        """Copy KV positions [0, length) of slot `src` into slot `dst` (a shared prefix, then `prefill(start=length)`)."""
+        self.runtime.copy_kv(src, dst, length)
 
     def decode(self, entries: Mapping[int, DecodeEntry],
                hold: Mapping[int, tuple[int, int]] | None = None) -> dict[int, StepResult]:

@@ -13,7 +13,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-CALLS = ("prefill", "decode", "decode_slots", "warmup")
+CALLS = ("prefill", "prefill_chunk", "copy_kv", "decode", "decode_slots", "warmup")
 
 
 def to_wire(value: Any) -> Any:

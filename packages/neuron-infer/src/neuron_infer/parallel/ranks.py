@@ -1,8 +1,8 @@
 """MultiRankRuntime: a tensor-parallel artifact run by N rank processes this runtime starts and owns.
 
-It has DecoderRuntime's interface (prefill, decode, decode_slots, rows_for, ...), so generate, the
-Engine and the vLLM worker run on it unchanged: to them it is one runtime (vLLM sees one worker), as
-NxDI presents the NeuronCores of a model. Each call goes to every rank (parallel/rank.py); the ranks
+It has DecoderRuntime's interface (prefill, prefill_chunk, copy_kv, decode, decode_slots, rows_for,
+...), so generate, the Engine and the vLLM worker run on it unchanged: to them it is one runtime (vLLM
+sees one worker), as NxDI presents the NeuronCores of a model. Each call goes to every rank (parallel/rank.py); the ranks
 run their graphs, whose collectives synchronise them, and rank 0 returns the output.
 
 The processes are started by torch.multiprocessing (spawn); `_Ranks.close` asks them to exit, then
@@ -156,6 +156,25 @@ class MultiRankRuntime:
 
     def decode_slots(self, slots, tokens, positions, sampling=None, rand=None):
         return self._call("decode_slots", list(slots), tokens, positions, sampling, rand)
+
+    def prefill_chunk(self, tokens, slot, start):
+        from neuron_infer.runtime import check_chunk
+
+        check_chunk(self.config, int(tokens.numel()), int(slot), int(start))  # here, before any rank runs
+        return self._call("prefill_chunk", tokens, int(slot), int(start))
+
+    def copy_kv(self, src_slot, dst_slot, length) -> None:
+        """Every rank copies its own share of the KV heads."""
+        from neuron_infer.runtime import check_copy
+
+        check_copy(self.config, int(src_slot), int(dst_slot), int(length))
+        self._call("copy_kv", int(src_slot), int(dst_slot), int(length))
+
+    @property
+    def max_prompt_length(self) -> int:
+        from neuron_infer.runtime import max_prompt_length
+
+        return max_prompt_length(self.config)
 
     def warmup(self) -> None:
         self._call("warmup")
