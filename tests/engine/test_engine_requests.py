@@ -91,7 +91,7 @@ def test_stop_token_and_eos_end_a_request(engine, reference_model, tokenizer):
     ("prompt", "params", "match"),
     [
         ([], RequestParams(), r"'prompt' = \[\].*at least one token"),
-        ([1] * 33, RequestParams(), r"33 tokens.*at most 32 tokens.*max_context_length"),
+        ([1] * 64, RequestParams(), r"64 tokens.*at most 63 tokens.*sequence_length - 1"),
         ([1, 10**6], RequestParams(), r"token ids in \[0, 49152\)"),
         (PROMPT, dict(temperature=-1.0), r"'temperature' = -1.0.*>= 0"),
         (PROMPT, dict(top_p=0.0), r"'top_p' = 0.0"),

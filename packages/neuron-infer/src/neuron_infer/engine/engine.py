@@ -2,7 +2,10 @@
 
 Slots are the rows of the compiled batch. Each `step()`:
   1. applies the requests added and cancelled since the previous step (cancelling frees a slot now);
-  2. admits waiting requests into free slots, prefilling each through the context-encoding graph;
+  2. admits waiting requests into free slots, prefilling each through the context-encoding graph, or,
+     when part of its prompt is already in some slot's KV rows (prefix caching, prefix.py), copying
+     those rows and encoding only the rest through the chunked-prefill graphs (also how prompts
+     longer than the largest bucket are encoded);
   3. runs one token-generation step for every slot that has a request (the new ones included).
 Requests beyond the free slots wait in FIFO order.
 
@@ -22,7 +25,7 @@ import numbers
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from neuron_cache import Artifact
 from neuron_infer.engine.errors import EngineClosedError, QueueFullError, RequestError
 from neuron_infer.engine.executor import BatchExecutor, DecodeEntry, SlotPool
 from neuron_infer.engine.params import RequestParams
+from neuron_infer.engine.prefix import PrefixCache, PrefixStats
 from neuron_infer.engine.request import Completion, FinishReason, OutputCallback, RequestHandle, RequestOutput
 from neuron_infer.engine.sampler import TokenSampler
 from neuron_infer.engine.stopping import TextState
@@ -45,6 +49,10 @@ class EngineConfig:
     max_queued: int | None = None  # waiting requests beyond this are refused (None: unbounded)
     max_prefills_per_step: int | None = None  # None: fill every free slot each step
     eos_token_ids: tuple[int, ...] | None = None  # None: from the artifact's generation_config.json
+    # Reuse the KV rows of a prompt prefix already encoded (prefix.py). None: on when the artifact has
+    # chunked-prefill graphs (they encode the rest of the prompt at an offset); True without them is an error.
+    prefix_caching: bool | None = None
+    min_prefix_tokens: int = 16  # shorter shared prefixes are encoded again (a copy + chunk costs more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,7 @@ class EngineStats:
     waiting: int
     steps: int
     busy_slots: tuple[int, ...]
+    prefix_cache: PrefixStats | None = None  # None: prefix caching is off
 
 
 @dataclass(slots=True)
@@ -67,6 +76,7 @@ class _Request:
     stop_ids: frozenset[int]
     slot: int | None = None
     generated: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # prompt + generated, append-only (the PrefixCache holds it)
 
     @property
     def id(self) -> str:
@@ -84,6 +94,8 @@ class Engine:
         if self.eos_token_ids is None:
             self.eos_token_ids = _artifact_eos(runtime.root)
         self.vocab_size = runtime.vocab_size
+        self.prefix = PrefixCache(runtime.batch_size, min_tokens=self.config.min_prefix_tokens)
+        self.prefix_caching = self._prefix_setting(self.config.prefix_caching, runtime)
         self._lock = threading.Lock()  # guards the inbox, the id registry and `_closed`
         self._work = threading.Condition(self._lock)
         self._step_lock = threading.Lock()  # one step at a time
@@ -106,6 +118,14 @@ class Engine:
         if tokenizer == "auto":
             tokenizer = _artifact_tokenizer(Path(path))
         return cls(runtime, tokenizer, config)
+
+    @staticmethod
+    def _prefix_setting(wanted: bool | None, runtime: DecoderRuntime) -> bool:
+        chunks = bool(runtime.config.chunk_buckets)
+        if wanted and not chunks:
+            raise ValueError(f"EngineConfig.prefix_caching=True needs the artifact's chunked-prefill graphs, and "
+                             f"{runtime.root} has none; re-export with --chunk-buckets, or leave prefix_caching unset")
+        return chunks if wanted is None else wanted
 
     # ---- submitting (any thread) -----------------------------------------------------------
     def add_request(self, prompt: Sequence[int] | str, params: RequestParams | None = None, *,
@@ -160,10 +180,13 @@ class Engine:
         cfg = self.runtime.config
         if not ids:
             raise RequestError("prompt", ids, "at least one token", "send a non-empty prompt")
-        if len(ids) > cfg.max_context_length:
-            raise RequestError("prompt", f"{len(ids)} tokens", f"at most {cfg.max_context_length} tokens "
-                               "(the artifact's max_context_length)",
-                               "shorten the prompt or re-export with a larger --max_context_length")
+        limit = self.runtime.max_prompt_length
+        if len(ids) > limit:
+            what = ("sequence_length - 1, the chunked-prefill graphs' limit" if cfg.chunk_buckets
+                    else "the artifact's max_context_length; it has no chunked-prefill graphs")
+            raise RequestError("prompt", f"{len(ids)} tokens", f"at most {limit} tokens ({what})",
+                               "shorten the prompt, or re-export with a larger --max_context_length / "
+                               "--sequence_length (with --chunk-buckets)")
         if len(ids) >= cfg.sequence_length:
             raise RequestError("prompt", f"{len(ids)} tokens", f"fewer than sequence_length={cfg.sequence_length}",
                                "leave room to generate, or re-export with a larger --sequence_length")
@@ -217,16 +240,22 @@ class Engine:
         budget = self.config.max_prefills_per_step
         while self._waiting and self.slots.num_free and (budget is None or budget > 0):
             req = self._waiting.popleft()
-            req.slot = self.slots.acquire()
+            plan = self.prefix.plan(req.prompt, self.slots.free, enabled=self.prefix_caching)
+            req.slot = self.slots.acquire(plan.slot)
             self._running[req.slot] = req
+            req.tokens = list(req.prompt)
             if budget is not None:
                 budget -= 1
             try:
-                first = self.executor.prefill(req.slot, req.prompt, req.sampler).token
+                if plan.source is not None:
+                    self.executor.copy_kv(plan.source, plan.slot, plan.reuse)
+                first = self.executor.prefill(req.slot, req.prompt, req.sampler, start=plan.reuse).token
             except Exception as err:  # a failed prefill fails this request only
                 logger.exception("prefill of request %s failed", req.id)
+                self.prefix.forget(req.slot)
                 self._finish(req, FinishReason.ERROR, outputs, error=f"prefill failed: {err}")
                 continue
+            self.prefix.record(req.slot, req.tokens, len(req.prompt))
             self._accept(req, first, outputs)
 
     def _decode(self, outputs: list[RequestOutput]) -> None:
@@ -236,19 +265,25 @@ class Engine:
             slot: DecodeEntry(req.generated[-1], len(req.prompt) + len(req.generated) - 1, req.sampler)
             for slot, req in self._running.items()
         }
+        # A full-batch decode also runs the free rows: those holding a reusable prefix rewrite their own
+        # last entry instead of getting token 0 at position 0.
+        hold = self.prefix.hold_rows(self.slots.free) if self.prefix_caching else None
         try:
-            results = self.executor.decode(entries)
+            results = self.executor.decode(entries, hold)
         except Exception as err:  # fail the batch, keep the engine
             logger.exception("decode step failed")
-            for req in list(self._running.values()):
+            for slot, req in list(self._running.items()):
+                self.prefix.forget(slot)
                 self._finish(req, FinishReason.ERROR, outputs, error=f"decode failed: {err}")
             return
         for slot, result in results.items():
+            self.prefix.advance(slot, entries[slot].position + 1)
             self._accept(self._running[slot], result.token, outputs)
 
     def _accept(self, req: _Request, token: int, outputs: list[RequestOutput]) -> None:
         """Record one sampled token and decide whether the request is done."""
         req.generated.append(token)
+        req.tokens.append(token)
         text = req.text.add(token) if req.text is not None else ""
         reason = None
         if token in req.stop_ids or (req.text is not None and req.text.stopped_at is not None):
@@ -339,7 +374,8 @@ class Engine:
         with self._step_lock:
             busy = tuple(self.slots.busy)
             return EngineStats(slots=self.slots.size, free_slots=self.slots.num_free, running=len(self._running),
-                               waiting=len(self._waiting) + self._queued_inbox(), steps=self._steps, busy_slots=busy)
+                               waiting=len(self._waiting) + self._queued_inbox(), steps=self._steps, busy_slots=busy,
+                               prefix_cache=replace(self.prefix.stats) if self.prefix_caching else None)
 
     def _queued_inbox(self) -> int:
         with self._lock:

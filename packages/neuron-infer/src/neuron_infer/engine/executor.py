@@ -36,12 +36,21 @@ class SlotPool:
         self.size = size
         self._free = set(range(size))
 
-    def acquire(self) -> int | None:
-        if not self._free:
+    def acquire(self, slot: int | None = None) -> int | None:
+        """Take `slot` (it must be free), or the lowest free one; None when every slot is busy."""
+        if slot is not None:
+            if slot not in self._free:
+                raise ValueError(f"slot {slot} is not free (pool of {self.size}, free {sorted(self._free)})")
+        elif not self._free:
             return None
-        slot = min(self._free)
+        else:
+            slot = min(self._free)
         self._free.remove(slot)
         return slot
+
+    @property
+    def free(self) -> list[int]:
+        return sorted(self._free)
 
     def release(self, slot: int) -> None:
         if not 0 <= slot < self.size or slot in self._free:
