@@ -62,8 +62,20 @@ def test_left_and_right_padding_give_the_same_tokens(model):
 
 
 def test_overlong_prompt_names_both_sizes(model):
-    with pytest.raises(ValueError, match=r"33 tokens.*max_context_length is 32"):
-        model.generate(torch.ones(1, 33, dtype=torch.long), max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"48 tokens.*at most 47 \(sequence_length - 1"):
+        model.generate(torch.ones(1, 48, dtype=torch.long), max_new_tokens=2)
+
+
+LONG = [1, *[(7 * i * i + 3 * i + 11) % 150 + 3 for i in range(39)]]  # 40 tokens: over the largest bucket (32)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_prompt_longer_than_the_largest_bucket_is_chunked(model, tiny_reference, side):
+    """Through the chunked-prefill graphs (chunks of 8 and 32 at offsets), beside a short prompt in the same batch."""
+    ids, mask = padded([LONG, PROMPTS[1]], side)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=None)
+    assert out[0, ids.shape[1]:].tolist() == reference(tiny_reference, LONG, 8)
+    assert out[1, ids.shape[1]:].tolist() == reference(tiny_reference, PROMPTS[1], 8)
 
 
 def test_empty_prompt_is_rejected(model):

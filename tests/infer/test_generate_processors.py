@@ -219,3 +219,12 @@ def test_on_device_sampling_refuses_processors_by_name(on_device_model, kwargs):
 def test_bad_rule_values_are_refused_by_name(model, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         model.generate(torch.tensor([PROMPT]), max_new_tokens=4, **kwargs)
+
+
+def test_on_device_sampling_artifact_picks_the_first_token_of_a_chunked_prompt_on_the_host(on_device_model,
+                                                                                           tiny_reference):
+    """Chunk graphs return logits even where the other graphs sample: the first token is picked on the host, the
+    rest on the device; greedy, so both must follow transformers."""
+    prompt = [1, *[(5 * i + 2) % 150 + 3 for i in range(19)]]  # 20 tokens: over the one bucket (16)
+    assert run(on_device_model, [prompt], max_new_tokens=6, eos_token_id=None) == \
+        run(tiny_reference, [prompt], max_new_tokens=6, min_new_tokens=6, eos_token_id=None)

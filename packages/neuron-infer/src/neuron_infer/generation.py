@@ -42,10 +42,15 @@ def generate(
     for i, p in enumerate(prompts):
         if p.numel() == 0:
             raise ValueError(f"prompt {i} is empty (its attention_mask is all zeros)")
-        if p.numel() > config.max_context_length:
+        if p.numel() > runtime.max_prompt_length:
+            if config.chunk_buckets:
+                raise ValueError(f"prompt {i} has {p.numel()} tokens, but this artifact holds at most "
+                                 f"{runtime.max_prompt_length} (sequence_length - 1, leaving one position to generate "
+                                 "into); shorten the prompt or re-export with a larger --sequence_length")
             raise ValueError(
                 f"prompt {i} has {p.numel()} tokens, but this artifact's max_context_length is "
-                f"{config.max_context_length}; shorten the prompt or re-export with a larger --max_context_length"
+                f"{config.max_context_length} and it has no chunked-prefill graphs; shorten the prompt or re-export "
+                "with a larger --max_context_length (or with --chunk-buckets, for prompts up to sequence_length - 1)"
             )
     room = config.sequence_length - max(p.numel() for p in prompts)
     max_new = settings.max_new_tokens
@@ -121,10 +126,8 @@ class _Decoder:
         # What transformers' logits processors see: the prompt padded on the left (where transformers wants
         # the padding; left-padded input is unchanged), then the new tokens.
         history = _left_aligned(prefix, mask) if self.processors is not None else None
-        outs = [executor.prefill_raw(slot, prompt, row_params[slot] if on_device else None, self._rand(1))
-                for slot, prompt in enumerate(prompts)]
         tokens = torch.zeros(B, dtype=torch.long)
-        tokens[:n_rows] = self._pick(torch.stack(outs), n_rows, history)
+        tokens[:n_rows] = self._first_tokens(prompts, row_params, history)
         positions = torch.zeros(B, dtype=torch.long)
         positions[:n_rows] = torch.tensor([p.numel() for p in prompts])
         generated = [tokens[:n_rows].clone()]
@@ -152,6 +155,24 @@ class _Decoder:
             generated = []
         new = torch.stack(generated, dim=1) if generated else torch.zeros(n_rows, 0, dtype=torch.long)
         return torch.cat([prefix.long(), new], dim=1)
+
+    def _first_tokens(self, prompts: list[torch.Tensor], row_params: torch.Tensor | None,
+                      history: torch.Tensor | None) -> torch.Tensor:
+        """Prefill slot i with prompt i and pick each row's first token. A prompt longer than the largest bucket
+        is encoded through the chunked-prefill graphs, which return logits even on an on-device-sampling artifact:
+        there, every row's first token is then picked on the host with the same settings (one batched draw)."""
+        executor, limit = self.executor, self.executor.config.max_context_length
+        host_pick = executor.on_device_sampling and any(p.numel() > limit for p in prompts)
+        outs = []
+        for slot, prompt in enumerate(prompts):
+            if prompt.numel() > limit or host_pick:
+                outs.append(executor.encode(slot, prompt, 0)[-1])
+            else:
+                row = row_params[slot] if executor.on_device_sampling else None
+                outs.append(executor.prefill_raw(slot, prompt, row, self._rand(1)))
+        if host_pick:
+            return pick_tokens(torch.stack(outs), self.settings.sampling, self.generator, None, None)
+        return self._pick(torch.stack(outs), len(prompts), history)
 
     def _rand(self, rows: int) -> torch.Tensor | None:
         return torch.rand(rows, generator=self.generator) if self.executor.on_device_sampling else None
