@@ -47,27 +47,29 @@ def test_a_good_artifact_validates(tiny_artifact, tiny_reference):
     logs: list[str] = []
     diff = validate_artifact(tiny_artifact, tiny_reference, None, logs.append)
     assert 0 <= diff <= 1e-3
-    assert logs == [f"Validation against transformers (float32, prefill + 4 decode steps): max |logit diff| = "
-                    f"{diff:.3g} (atol 0.001)"]
+    assert logs == [f"Validation against transformers (float32, prefill + 4 decode steps + chunked prefill): "
+                    f"max |logit diff| = {diff:.3g} (atol 0.001)"]
 
 
 def test_validation_runs_every_decode_graph_in_the_last_slot(tiny_artifact, tiny_reference, monkeypatch):
     from neuron_infer import runtime
 
     calls: list[tuple[str, object]] = []
-    for name in ("prefill", "decode", "decode_slots"):
+    for name in ("prefill", "decode", "decode_slots", "prefill_chunk"):
         original = getattr(runtime.DecoderRuntime, name)
 
         def spy(self, *args, _name=name, _original=original, **kwargs):
-            calls.append((_name, args[0] if _name == "decode_slots" else args[1] if _name == "prefill" else None))
+            where = {"decode_slots": args[0], "prefill": args[1], "prefill_chunk": args[1:]}.get(_name)
+            calls.append((_name, where))
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(runtime.DecoderRuntime, name, spy)
     validate_artifact(tiny_artifact, tiny_reference, None, lambda _m: None)
     last = NeuronConfig.load(tiny_artifact).batch_size - 1
-    # batch 2 with a rows-1 graph: the rows graph and the full batch, alternately.
+    # batch 2 with a rows-1 graph: the rows graph and the full batch, alternately; then the chunked-prefill
+    # graphs, the probe prompt (12 tokens) in two pieces in slot 0, the second at an offset.
     assert calls == [("prefill", last), ("decode_slots", [last]), ("decode", None), ("decode_slots", [last]),
-                     ("decode", None)]
+                     ("decode", None), ("prefill_chunk", (0, 0)), ("prefill_chunk", (0, 6))]
 
 
 def test_tampered_weights_fail_validation(tampered, tiny_reference):

@@ -1,7 +1,7 @@
 """Check an artifact against transformers' eager model on a probe prompt, as any consumer runs it.
 
 The artifact is opened with `load_runtime` and driven only through the runtime's public methods
-(`prefill`, `decode`, `decode_slots`, `config`): what passes here is what generate, the
+(`prefill`, `decode`, `decode_slots`, `prefill_chunk`, `config`): what passes here is what generate, the
 Engine and vLLM will run. The reference model is the caller's (neuron-export passes the checkpoint it
 has in memory; `neuron-infer validate` loads it from disk).
 """
@@ -67,9 +67,22 @@ def validate_artifact(root: Path, reference_model: torch.nn.Module, atol: float 
                 break
             seq = torch.cat([seq, torch.tensor([[nxt]])], dim=1)
             ours = _decode_step(runtime, decoders[step % len(decoders)], slot, nxt, seq.shape[1] - 1, greedy)
+        if config.chunk_buckets:
+            # The chunked-prefill graphs too: the probe prompt in two pieces, the second at an offset into the
+            # rows the first wrote (slot 0, another row than the decode steps used when there is one).
+            half = n // 2
+            runtime.prefill_chunk(ids[:half], 0, 0)
+            chunk = runtime.prefill_chunk(ids[half:], 0, half)[-1].float()
+            ref = reference_model(ids.view(1, -1)).logits[0, -1].float()
+            if sampling and int(chunk.argmax()) != int(ref.argmax()):
+                raise ValidationError(f"chunked prefill's greedy token {int(chunk.argmax())} != transformers' argmax "
+                                      f"{int(ref.argmax())}")
+            prefixes.append(ids.view(1, -1))
+            ours_logits.append(chunk)
+            ref_logits.append(ref)
     if sampling:
-        log(f"Validation against transformers ({config.torch_dtype}, prefill + {DECODE_STEPS} decode steps): "
-            "greedy tokens identical")
+        log(f"Validation against transformers ({config.torch_dtype}, prefill + {DECODE_STEPS} decode steps"
+            f"{' + chunked prefill' if config.chunk_buckets else ''}): greedy tokens identical")
         return 0.0
     return _check_logits(reference_model, prefixes, ours_logits, ref_logits, config.torch_dtype, atol, log)
 
@@ -94,8 +107,8 @@ def _check_logits(ref_model: torch.nn.Module, prefixes: list[torch.Tensor], ours
     # A NaN anywhere makes the difference NaN (torch's max propagates it), and NaN > atol is False: every
     # test below is written so that a NaN fails it.
     worst = torch.stack([(o - r).abs().max() for o, r in zip(ours, ref)]).max().item()
-    log(f"Validation against transformers ({dtype}, prefill + {DECODE_STEPS} decode steps): "
-        f"max |logit diff| = {worst:.3g} (atol {atol:g})")
+    log(f"Validation against transformers ({dtype}, prefill + {DECODE_STEPS} decode steps"
+        f"{' + chunked prefill' if len(ours) > DECODE_STEPS + 1 else ''}): max |logit diff| = {worst:.3g} (atol {atol:g})")
     if not worst <= atol and dtype != "float32":
         # Two 16-bit computations of the same model differ by their own rounding, which grows with depth;
         # a gap between ours and transformers' 16-bit model does not say which one is off. Ask float32
