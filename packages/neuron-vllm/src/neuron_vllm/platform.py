@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from vllm.platforms.cpu import CpuPlatform
 
 from neuron_cache import NeuronConfig
+from neuron_vllm import kv_layout
 from neuron_vllm.checks import UnsupportedSettingError, check_engine_config, check_request, is_artifact
 
 logger = logging.getLogger("vllm.neuron_vllm")  # vLLM shows only loggers under `vllm.`
@@ -39,9 +40,15 @@ class NeuronPlatform(CpuPlatform):
         neuron = NeuronConfig.load(f"{model_config.model}/neuron_config.json")
         check_engine_config(vllm_config, neuron, model_config.model)
         cls.artifact = neuron
-        # The artifact owns its KV cache: vLLM's block manager sees no cache, so prefix caching
-        # would have nothing to share (and asserts), and prompts are never chunked or preempted.
-        vllm_config.cache_config.enable_prefix_caching = False
+        # vLLM plans blocks over exactly the cache the artifact holds (kv_layout.py), so its scheduler
+        # admits, chunks and preempts within it. Prefix reuse and prompts longer than the largest
+        # bucket need the chunked-prefill graphs; without them the runner encodes each prompt whole.
+        cache = vllm_config.cache_config
+        if cache.block_size is None:
+            cache.block_size = kv_layout.DEFAULT_BLOCK_SIZE
+        cache.num_gpu_blocks_override = kv_layout.num_blocks(neuron, cache.block_size)
+        if not neuron.chunk_buckets:
+            cache.enable_prefix_caching = False
         vllm_config.scheduler_config.async_scheduling = False
         parallel = vllm_config.parallel_config
         if parallel.worker_cls == "auto":

@@ -1,8 +1,9 @@
 """NeuronWorker: the vLLM worker that loads an artifact and runs it through NeuronModelRunner.
 
-The artifact owns its KV cache, so the worker reports no KV-cache spec: vLLM then allocates no
-blocks, disables chunked prefill and never preempts. Only what vLLM 0.32 calls is implemented;
-LoRA and the rest are refused in checks.py before a worker exists.
+The artifact owns its KV cache; the worker describes it to vLLM as what it is (kv_layout.py): as
+many blocks as the slots hold, so vLLM's scheduler admits, chunks and preempts within it, while the
+tensors stay the artifact's. Only what vLLM 0.32 calls is implemented; LoRA and the rest are
+refused in checks.py before a worker exists.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from vllm.v1.worker.worker_base import CompilationTimes, WorkerBase
 from neuron_cache import Artifact
 from neuron_infer import load_runtime
 from neuron_infer.engine import BatchExecutor
+from neuron_vllm import kv_layout
 from neuron_vllm.runner import NeuronModelRunner
 
 logger = logging.getLogger("vllm.neuron_vllm.worker")
@@ -65,18 +67,23 @@ class NeuronWorker(WorkerBase):
         self.runner.executor.runtime.warmup()
         return CompilationTimes(language_model=time.perf_counter() - t, encoder=0.0)
 
-    # ---- the KV cache belongs to the artifact ------------------------------------------------
+    # ---- the KV cache belongs to the artifact; vLLM gets its size and shape -------------------
     def get_kv_cache_spec(self) -> dict[str, Any]:
-        return {}
+        return kv_layout.kv_cache_spec(self.runner.config, self.cache_config.block_size)
 
     def get_supported_kv_cache_layouts(self) -> list[str]:
-        return ["LBNHC"]  # any valid name: with no KV-cache spec vLLM never lays out a cache
+        return ["LBHNC"]  # each layer's rows: [slot, kv head, position, head_dim]; vLLM allocates none of it
 
     def determine_available_memory(self) -> int:
-        return 0
+        return kv_layout.kv_cache_bytes(self.runner.config, self.cache_config.block_size)
 
-    def initialize_from_config(self, kv_cache_configs: Any) -> None:
-        return None
+    def initialize_from_config(self, kv_cache_config: Any) -> None:
+        # vLLM plans blocks; the artifact's runtime already holds the cache they stand for.
+        want = kv_layout.num_blocks(self.runner.config, self.cache_config.block_size)
+        if kv_cache_config.num_blocks != want:
+            raise RuntimeError(f"vLLM planned {kv_cache_config.num_blocks} KV blocks, but the artifact's cache holds "
+                               f"{want} (batch_size x ceil(sequence_length / block_size) + 1); do not pass "
+                               "--num-gpu-blocks-override for a neuron artifact")
 
     def get_supported_tasks(self) -> tuple[str, ...]:
         return ("generate",)
