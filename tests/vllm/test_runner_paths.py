@@ -46,6 +46,7 @@ class Driver:
     def __init__(self, runner: NeuronModelRunner):
         self.runner = runner
         self.outputs: dict[str, int] = {}
+        self.last = None  # the last ModelRunnerOutput
 
     def step(self, scheduled: dict[str, int], *, new_reqs=(), cached=(), computed=(), all_tokens=None, resumed=(),
              finished=(), preempted=(), grammar: GrammarOutput | None = None) -> dict[str, list[int]]:
@@ -61,6 +62,7 @@ class Driver:
         out = self.runner.execute_model(so)
         if out is None:
             out = self.runner.sample_tokens(grammar)
+        self.last = out
         for rid in finished:
             self.outputs.pop(rid, None)
         result = {rid: out.sampled_token_ids[i] for rid, i in out.req_id_to_index.items()}
@@ -69,13 +71,18 @@ class Driver:
         return result
 
 
-@pytest.fixture
-def driver(tiny_artifact) -> Driver:
-    executor = BatchExecutor(DecoderRuntime(Artifact.open(tiny_artifact)))
+def make_driver(artifact, logprobs_mode: str = "raw_logprobs") -> Driver:
+    executor = BatchExecutor(DecoderRuntime(Artifact.open(artifact)))
     config = executor.config
     sampling = HostSampling(max_num_reqs=config.batch_size, max_model_len=config.sequence_length,
-                            vocab_size=executor.runtime.vocab_size, logitsprocs=build_logitsprocs(VllmConfig(), CPU, False, False))
+                            vocab_size=executor.runtime.vocab_size, logprobs_mode=logprobs_mode,
+                            logitsprocs=build_logitsprocs(VllmConfig(), CPU, False, False))
     return Driver(NeuronModelRunner(executor, sampling))
+
+
+@pytest.fixture
+def driver(tiny_artifact) -> Driver:
+    return make_driver(tiny_artifact)
 
 
 def test_a_chunked_prompt_is_prefilled_when_its_last_chunk_is_scheduled(driver, tiny_reference):
@@ -142,3 +149,17 @@ def test_a_preempted_request_resumes_with_its_tokens_and_a_fresh_slot(driver, ti
     driver.step({}, finished=["a", "b"])
     assert runner.busy_slots == {}
     assert runner.sampling.req_ids == []
+
+
+def test_logprobs_follow_vllms_logprobs_mode(tiny_artifact):
+    """raw_logprobs: before logit_bias; processed_logprobs: of the logits the token was sampled from."""
+    params = SamplingParams(temperature=0.0, logprobs=1, logit_bias={4242: 100.0})
+    got = {}
+    for mode in ("raw_logprobs", "processed_logprobs"):
+        d = make_driver(tiny_artifact, mode)
+        assert d.step({"a": len(A)}, new_reqs=[new("a", A, params=params)]) == {"a": [4242]}
+        lists = d.last.logprobs
+        assert lists.logprob_token_ids[0][0] == 4242
+        got[mode] = float(lists.logprobs[0][0])
+    assert got["processed_logprobs"] == pytest.approx(0.0, abs=1e-4)
+    assert got["raw_logprobs"] < -5, "a raw logprob ignores the bias"
