@@ -65,7 +65,12 @@ def smollm2_hf_dir(smollm2_reference, tokenizer) -> Path:
     path = _artifacts_root() / "smollm2-hf-float32"
     with FileLock(str(path) + ".lock"):
         if not (path / "config.json").is_file():
-            smollm2_reference.save_pretrained(path)
+            # The reference remembers it came from a GGUF and refuses save_pretrained: copy it into a plain model.
+            config = transformers.LlamaConfig.from_dict(
+                {k: v for k, v in smollm2_reference.config.to_dict().items() if k != "quantization_config"})
+            plain = transformers.LlamaForCausalLM(config)
+            plain.load_state_dict(smollm2_reference.state_dict())
+            plain.to(torch.float32).save_pretrained(path)
             tokenizer.save_pretrained(path)
     return path
 

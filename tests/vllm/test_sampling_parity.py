@@ -21,7 +21,10 @@ PROMPT = "The capital of France is"
 
 @pytest.fixture(scope="module")
 def neuron(smollm2_artifact, tmp_path_factory) -> openai.OpenAI:
-    with serve(smollm2_artifact, tmp_path_factory.mktemp("server"), "--served-model-name", NAME) as server:
+    # --trust-remote-code: the session's artifact may come from an earlier run (NEURON_VLLM_TEST_ARTIFACTS), whose
+    # graphs this session's trust store does not know.
+    with serve(smollm2_artifact, tmp_path_factory.mktemp("server"), "--served-model-name", NAME,
+               "--trust-remote-code") as server:
         yield openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=180, max_retries=0)
 
 

@@ -52,9 +52,12 @@ WEATHER = {"type": "object", "additionalProperties": False, "required": ["city",
            "properties": {"city": {"enum": ["Paris", "Oslo", "Lima"]}, "unit": {"enum": ["celsius", "fahrenheit"]}}}
 TIME = {"type": "object", "additionalProperties": False, "required": ["zone"],
         "properties": {"zone": {"enum": ["UTC", "CET"]}}}
+# vLLM 0.32 forces the call envelope (<tool_call>{"name": ...) for tool_choice required/named, and the arguments'
+# schema only for tools marked strict (or with --tool-strict-level parameter).
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                           "parameters": WEATHER}},
-         {"type": "function", "function": {"name": "get_time", "description": "Time in a zone", "parameters": TIME}}]
+                                           "parameters": WEATHER, "strict": True}},
+         {"type": "function", "function": {"name": "get_time", "description": "Time in a zone", "parameters": TIME,
+                                           "strict": True}}]
 SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
 TOOL_SHAPES = dict(batch_size=2, sequence_length=512, max_context_length=384, context_buckets=[128, 384])
@@ -74,25 +77,36 @@ def tools_artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tools_client(tools_artifact, tmp_path_factory) -> openai.OpenAI:
     flags = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-             # A random model would pad JSON with whitespace forever: the grammar allows none.
-             "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
+             "--structured-outputs-config", json.dumps({"backend": "xgrammar"})]
     with serve(tools_artifact, tmp_path_factory.mktemp("tools-server"), "--served-model-name", "tiny", *flags) as s:
         yield openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", timeout=180, max_retries=0)
 
 
-def call(client: openai.OpenAI, tool_choice, **params):
+@pytest.fixture(scope="module")
+def no_whitespace(tools_artifact) -> dict[str, int]:
+    """logit_bias that bans whitespace-only tokens: the tool-call grammar allows whitespace between JSON tokens
+    (vLLM's structural tags ignore disable_any_whitespace), and a random model would pick it forever."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tools_artifact)
+    return {str(i): -100 for i in range(len(tok)) if (text := tok.decode([i])) and not text.strip()}
+
+
+def call(client: openai.OpenAI, tool_choice, bias: dict[str, int] | None = None, **params):
+    # One call: the grammar then ends the answer after it (a random model would not pick EOS itself).
+    params = {"parallel_tool_calls": False, "max_tokens": 100, "temperature": 0, "logit_bias": bias, **params}
     return client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice=tool_choice,
-                                          max_tokens=100, temperature=0, **params).choices[0]
+                                          **params).choices[0]
 
 
-def test_tool_choice_required_and_named_give_parsed_calls_that_fit_the_schema(tools_client):
-    choice = call(tools_client, "required")
+def test_tool_choice_required_and_named_give_parsed_calls_that_fit_the_schema(tools_client, no_whitespace):
+    choice = call(tools_client, "required", no_whitespace)
     assert choice.message.tool_calls, choice.message
     for tc in choice.message.tool_calls:
         jsonschema.validate(json.loads(tc.function.arguments), SCHEMAS[tc.function.name])
     named = {"type": "function", "function": {"name": "get_time"}}
     for seed in (1, 2):  # sampled too: the grammar, not greedy luck, keeps the call valid
-        choice = call(tools_client, named, seed=seed, temperature=1.0)
+        choice = call(tools_client, named, no_whitespace, seed=seed, temperature=1.0)
         (tc,) = choice.message.tool_calls
         assert tc.function.name == "get_time"
         jsonschema.validate(json.loads(tc.function.arguments), TIME)
