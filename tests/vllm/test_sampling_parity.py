@@ -126,8 +126,10 @@ def test_structured_outputs_json_schema_regex_and_choice(neuron, reference):
     got = chat(neuron, "Name a European capital as JSON.", response_format=fmt)
     jsonschema.validate(json.loads(got.message.content), SCHEMA)
     assert got.message.content == chat(reference, "Name a European capital as JSON.", response_format=fmt).message.content
-    got = chat(neuron, "Give me any JSON object.", response_format={"type": "json_object"})
-    assert isinstance(json.loads(got.message.content), dict)
+    ask = 'Reply with exactly this JSON object: {"ok": true}'
+    got = chat(neuron, ask, response_format={"type": "json_object"})
+    assert got.finish_reason == "stop" and isinstance(json.loads(got.message.content), dict), got.message.content
+    assert got.message.content == chat(reference, ask, response_format={"type": "json_object"}).message.content
     pattern = r"[A-Z][a-z]{2,8}, [0-9]{4}"
     got = chat(neuron, "A city and a year?", extra_body={"structured_outputs": {"regex": pattern}})
     assert re.fullmatch(pattern, got.message.content), got.message.content
