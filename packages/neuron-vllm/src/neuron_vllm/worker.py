@@ -60,6 +60,11 @@ class NeuronWorker(WorkerBase):
         executor = BatchExecutor(runtime)
         # An artifact that returns logits is sampled by vLLM's own Sampler; one that samples on device is not.
         sampling = None if executor.on_device_sampling else HostSampling.from_config(self.vllm_config)
+        graph_vocab = runtime.vocab_size
+        if sampling is not None and graph_vocab is not None and graph_vocab != sampling.vocab_size:
+            raise ValueError(f"neuron-vllm: the artifact's graphs return {graph_vocab} logits per token but its "
+                             f"config.json says vocab_size={sampling.vocab_size}: vLLM's sampler and tokenizer need "
+                             "them equal. Fix: re-export the model instead of editing config.json")
         self.runner = NeuronModelRunner(executor, sampling)
         logger.info("neuron-vllm: loaded %s in %.1f s", self.model_config.model, time.perf_counter() - t)
 
