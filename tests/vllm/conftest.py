@@ -6,6 +6,7 @@ artifact with its reference come from tests/support/fixtures.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -59,19 +60,23 @@ def smollm2_reference() -> transformers.LlamaForCausalLM:
 
 
 @pytest.fixture(scope="session")
-def smollm2_hf_dir(smollm2_reference, tokenizer) -> Path:
+def smollm2_hf_dir(request, tokenizer) -> Path:
     """The weights the artifact was exported from (the GGUF as transformers dequantizes it), as a float32
     transformers checkpoint that vLLM's own CPU backend loads (head_dim 64: its attention supports it)."""
     path = _artifacts_root() / "smollm2-hf-float32"
     with FileLock(str(path) + ".lock"):
         if not (path / "config.json").is_file():
+            smollm2_reference = request.getfixturevalue("smollm2_reference")  # loaded only when the copy is missing
             # The reference remembers it came from a GGUF and refuses save_pretrained: copy it into a plain model.
             config = transformers.LlamaConfig.from_dict(
                 {k: v for k, v in smollm2_reference.config.to_dict().items() if k != "quantization_config"})
             plain = transformers.LlamaForCausalLM(config)
             plain.load_state_dict(smollm2_reference.state_dict())
-            plain.to(torch.float32).save_pretrained(path)
-            tokenizer.save_pretrained(path)
+            partial = path.with_name(path.name + ".partial")  # renamed when complete: an interrupted save is redone
+            shutil.rmtree(partial, ignore_errors=True)
+            plain.to(torch.float32).save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+            partial.rename(path)
     return path
 
 
