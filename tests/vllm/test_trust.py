@@ -56,12 +56,21 @@ def test_the_worker_reads_vllms_trust_remote_code(tiny_artifact, tmp_path, monke
     from neuron_vllm.worker import NeuronWorker
 
     monkeypatch.setattr(trust, "trust_dir", lambda: tmp_path / "empty-ledger")
-    worker = NeuronWorker.__new__(NeuronWorker)  # only load_model is exercised: it reads model_config alone
-    worker.model_config = SimpleNamespace(model=str(tiny_artifact), trust_remote_code=False)
+    worker = NeuronWorker.__new__(NeuronWorker)  # only load_model is exercised: it reads model_config, and the
+    # settings vLLM's sampler is built from (HostSampling.from_config)
+
+    def configure(trust_remote_code: bool) -> None:
+        worker.model_config = SimpleNamespace(model=str(tiny_artifact), trust_remote_code=trust_remote_code,
+                                              max_model_len=64, logprobs_mode="raw_logprobs", logits_processors=None,
+                                              get_vocab_size=lambda: 49152)
+        worker.vllm_config = SimpleNamespace(model_config=worker.model_config, speculative_config=None,
+                                             reasoning_config=None, scheduler_config=SimpleNamespace(max_num_seqs=2))
+
+    configure(trust_remote_code=False)
     with pytest.raises(UntrustedGraphsError, match="trust_remote_code=True"):
         worker.load_model()
     assert worker.runner is None
-    worker.model_config = SimpleNamespace(model=str(tiny_artifact), trust_remote_code=True)
+    configure(trust_remote_code=True)
     with pytest.warns(UserWarning, match="running graphs not compiled on this machine"):
         worker.load_model()
     assert worker.runner is not None

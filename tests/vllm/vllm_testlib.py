@@ -109,14 +109,30 @@ class Server:
 @contextlib.contextmanager
 def serve(artifact: Path, tmp: Path, *extra: str, timeout: float = 240) -> Iterator[Server]:
     """`neuron-vllm serve ARTIFACT` on a free loopback port, stopped by process group on exit."""
-    port, log = free_port(), tmp / "server.log"
-    status_file = tmp / "slots.json"
-    env = vllm_env(NEURON_VLLM_STATUS_FILE=str(status_file))
+    port, status_file = free_port(), tmp / "slots.json"
     cli = Path(sys.executable).parent / "neuron-vllm"
+    command = [str(cli), "serve", str(artifact), "--port", str(port), *extra]
+    with _started(command, vllm_env(NEURON_VLLM_STATUS_FILE=str(status_file)), port, tmp, timeout) as proc:
+        yield Server(proc, port, tmp / "server.log", status_file, str(artifact))
+
+
+@contextlib.contextmanager
+def serve_vllm_cpu(model: Path, tmp: Path, *extra: str, timeout: float = 240) -> Iterator[Server]:
+    """vLLM's own CPU backend (VLLM_PLUGINS empty) serving a transformers checkpoint: the reference server."""
+    port = free_port()
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+               "--host", "127.0.0.1", "--port", str(port), *extra]
+    with _started(command, vllm_env(VLLM_PLUGINS=""), port, tmp, timeout) as proc:
+        yield Server(proc, port, tmp / "server.log", tmp / "no-status.json", str(model))
+
+
+@contextlib.contextmanager
+def _started(command: list[str], env: dict[str, str], port: int, tmp: Path, timeout: float
+             ) -> Iterator[subprocess.Popen]:
+    """Start a server in its own process group, wait for /health, stop the group on exit."""
+    log = tmp / "server.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen([str(cli), "serve", str(artifact), "--port", str(port), *extra], stdout=f,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = Server(proc, port, log, status_file, str(artifact))
+        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -125,9 +141,9 @@ def serve(artifact: Path, tmp: Path, *extra: str, timeout: float = 240) -> Itera
             if time.monotonic() > deadline:
                 raise AssertionError(f"server not ready in {timeout} s:\n{log.read_text()[-6000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                     break
             time.sleep(1)
-        yield server
+        yield proc
     finally:
         stop_group(proc)

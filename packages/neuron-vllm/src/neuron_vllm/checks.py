@@ -62,18 +62,13 @@ def check_engine_config(vllm_config: Any, neuron: NeuronConfig, root: str) -> No
         raise _fail("quantization", model.quantization, "weights are as exported", "drop --quantization")
 
 
-def check_request(params: Any, prompt_len: int | None, neuron: NeuronConfig, max_logprobs: bool) -> None:
-    """Refuse a request's features the runner does not implement. Runs in the front end, before the
-    request reaches the engine, so the OpenAI server answers 400 instead of failing the step (500)."""
-    sp = params
-    if not hasattr(sp, "temperature"):
-        raise _fail("task", type(sp).__name__, "only text generation", "send a completion or chat request")
-    if prompt_len is not None and prompt_len > neuron.max_context_length:
-        raise _fail("prompt length", prompt_len,
-                    f"at most the artifact's max_context_length={neuron.max_context_length} tokens",
-                    "shorten the prompt, or re-export with a larger --max_context_length")
-    refused = {
-        "prompt_logprobs": (sp.prompt_logprobs, None, "omit prompt_logprobs (echo + logprobs)"),
+# SamplingParams fields at their defaults (value as the check reads it, default, the fix).
+_ON_DEVICE_FIX = "or re-export without --on_device_sampling (vLLM then samples the returned logits)"
+
+
+def _sampling_features(sp: Any) -> dict[str, tuple[Any, Any, str]]:
+    """What a graph compiled with on-device sampling (temperature, top-k, top-p and a uniform draw) cannot do."""
+    return {
         "presence_penalty": (sp.presence_penalty, 0.0, "omit presence_penalty"),
         "frequency_penalty": (sp.frequency_penalty, 0.0, "omit frequency_penalty"),
         "repetition_penalty": (sp.repetition_penalty, 1.0, "omit repetition_penalty"),
@@ -82,17 +77,43 @@ def check_request(params: Any, prompt_len: int | None, neuron: NeuronConfig, max
         "logit_bias": (sp.logit_bias or None, None, "omit logit_bias"),
         "allowed_token_ids": (sp.allowed_token_ids or None, None, "omit allowed_token_ids"),
         "bad_words": (sp.bad_words or None, None, "omit bad_words"),
-        "structured_outputs": (sp.structured_outputs, None, "omit response_format / guided decoding"),
-        "watermarking": (sp.watermarking or None, None, "omit watermarking"),
+        "structured_outputs": (sp.structured_outputs, None,
+                               "omit response_format, structured_outputs and tool_choice='required' or named"),
+        "logprobs": (sp.logprobs, None, "omit logprobs"),
         "logprob_token_ids": (sp.logprob_token_ids or None, None, "omit logprob_token_ids"),
-        "prompt_logprob_token_ids": (sp.prompt_logprob_token_ids or None, None, "omit prompt_logprob_token_ids"),
+        "thinking_token_budget": (sp.thinking_token_budget, None, "omit thinking_token_budget"),
     }
-    for name, (value, default, fix) in refused.items():
+
+
+def _prompt_features(sp: Any) -> dict[str, tuple[Any, Any, str]]:
+    """What needs logits at every prompt position: the context-encoding graph returns only the last."""
+    return {
+        "prompt_logprobs": (sp.prompt_logprobs, None, "omit prompt_logprobs (echo + logprobs)"),
+        "prompt_logprob_token_ids": (sp.prompt_logprob_token_ids or None, None, "omit prompt_logprob_token_ids"),
+        "watermarking": (sp.watermarking or None, None, "omit watermarking"),
+    }
+
+
+def check_request(params: Any, prompt_len: int | None, neuron: NeuronConfig) -> None:
+    """Refuse a request's features the artifact cannot serve. Runs in the front end, before the request
+    reaches the engine, so the OpenAI server answers 400 instead of failing the step (500).
+
+    An artifact that returns logits is sampled by vLLM's own Sampler: every sampling feature works
+    except those needing logits at every prompt position. One that samples on device keeps
+    temperature, top_k, top_p, seed, n, stop and max_tokens."""
+    sp = params
+    if not hasattr(sp, "temperature"):
+        raise _fail("task", type(sp).__name__, "only text generation", "send a completion or chat request")
+    if prompt_len is not None and prompt_len > neuron.max_context_length:
+        raise _fail("prompt length", prompt_len,
+                    f"at most the artifact's max_context_length={neuron.max_context_length} tokens",
+                    "shorten the prompt, or re-export with a larger --max_context_length")
+    for name, (value, default, fix) in _prompt_features(sp).items():
         if value != default:
             raise _fail(name, value, f"neuron-vllm supports only the default ({default!r})", fix)
-    if sp.logprobs is not None and not max_logprobs:
-        raise _fail("logprobs", sp.logprobs, "this artifact samples on device and returns no logits",
-                    "omit logprobs, or re-export without --on_device_sampling")
-    if sp.logprobs is not None and sp.logprobs < 0:
-        raise _fail("logprobs", sp.logprobs, "a count >= 0 (full-vocabulary logprobs are not returned)",
-                    "ask for at most 20 logprobs")
+    if not neuron.on_device_sampling:
+        return
+    for name, (value, default, fix) in _sampling_features(sp).items():
+        if value != default:
+            raise _fail(name, value, "this artifact samples on device (temperature, top_k, top_p, seed only) and "
+                        "returns no logits", f"{fix}, {_ON_DEVICE_FIX}")

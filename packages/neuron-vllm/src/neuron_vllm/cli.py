@@ -60,7 +60,10 @@ def main() -> None:
 def serve(model: str, dry_run: bool, vllm_args: tuple[str, ...], **options: object) -> None:
     """Serve MODEL (an artifact directory, or a checkpoint directory / Hub id / .gguf to export first).
 
-    Arguments after the options go to vLLM unchanged, e.g. `-- --api-key KEY`.
+    Other arguments go to vLLM's server unchanged (after `--`, or mixed in), e.g. `--api-key KEY`; for tool calling
+    `--enable-auto-tool-choice --tool-call-parser hermes`; for structured outputs `--structured-outputs-config
+    '{"backend": "xgrammar"}'`; `--logprobs-mode processed_logprobs`. Sampling and structured outputs are vLLM's own
+    when the artifact returns logits (exported without --on_device_sampling).
     """
     opts = ServeOptions(model=model, vllm_args=[a for a in vllm_args if a != "--"], **options)
     if "--trust-remote-code" in opts.vllm_args:

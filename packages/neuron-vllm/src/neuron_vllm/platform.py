@@ -76,7 +76,6 @@ class NeuronPlatform(CpuPlatform):
 
         prompt = processed_inputs.get("prompt_token_ids") if isinstance(processed_inputs, dict) else None
         try:
-            check_request(params, len(prompt) if prompt is not None else None, cls.artifact,
-                          max_logprobs=not cls.artifact.on_device_sampling)
+            check_request(params, len(prompt) if prompt is not None else None, cls.artifact)
         except UnsupportedSettingError as err:  # vLLM answers this one with HTTP 400, naming the parameter
             raise VLLMValidationError(str(err), parameter=err.setting, value=err.value) from None

@@ -5,6 +5,12 @@ rows) and remembers every token it sampled, because the scheduler does not send 
 `all_token_ids` arrives only for resumed requests and for ones not scheduled the step before.
 A request is prefilled once its whole prompt is scheduled (a chunked prompt just accumulates),
 then decodes one token per step at its own position.
+
+Like vLLM's own model runners, a step is two calls: `execute_model` runs the graphs and keeps
+their outputs, `sample_tokens(grammar_output)` turns them into tokens. An artifact that returns
+logits is sampled by vLLM's own Sampler (sampling.py, every vLLM sampling feature and the
+structured-output bitmask); one that samples on device returns tokens, drawn with each request's
+TokenSampler row (checks.py refuses what such a graph cannot do).
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuron_infer.engine import BatchExecutor, DecodeEntry, SlotPool, StepResult, TokenSampler
+import torch
+from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
+
+from neuron_infer.engine import BatchExecutor, DecodeEntry, SlotPool, TokenSampler
 from neuron_infer.sampling import SamplingParams
-from neuron_vllm.logprobs import logprobs_lists
+from neuron_vllm.sampling import HostSampling
 
 logger = logging.getLogger("vllm.neuron_vllm.runner")
 
@@ -29,15 +38,23 @@ STATUS_ENV = "NEURON_VLLM_STATUS_FILE"  # where to publish slot occupancy (tests
 
 @dataclass(slots=True)
 class _Sequence:
-    sampler: TokenSampler
-    num_logprobs: int | None
+    sampler: TokenSampler | None  # on-device sampling only; vLLM's Sampler keeps the rest (sampling.py)
     token_ids: list[int]  # prompt + every token sampled so far
     slot: int | None = None
     prefilled: bool = False  # the slot's KV rows hold token_ids[:-1]
 
 
+@dataclass(slots=True)
+class _Step:
+    """What execute_model leaves for sample_tokens."""
+
+    so: Any
+    req_ids: list[str]  # the scheduled requests
+    outputs: dict[str, torch.Tensor]  # per request that samples now: logits (vocab,), or the token sampled on device
+
+
 def sampler_for(params: Any) -> TokenSampler:
-    """vLLM SamplingParams -> neuron-infer's TokenSampler (checks.py already refused the rest)."""
+    """vLLM SamplingParams -> the on-device sampling row (checks.py refused everything else)."""
     if params is None or params.temperature < SAMPLING_EPS:
         return TokenSampler.greedy()
     top_k = params.top_k if params.top_k and params.top_k > 0 else 0
@@ -46,19 +63,24 @@ def sampler_for(params: Any) -> TokenSampler:
 
 
 class NeuronModelRunner:
-    def __init__(self, executor: BatchExecutor):
+    def __init__(self, executor: BatchExecutor, sampling: HostSampling | None = None):
+        if executor.on_device_sampling != (sampling is None):
+            raise ValueError("an artifact that returns logits needs vLLM's sampler (sampling=HostSampling), and one "
+                             "that samples on device must not get one")
         self.executor = executor
         self.config = executor.config
+        self.sampling = sampling
         self.slots = SlotPool(executor.batch_size)
         self.seqs: dict[str, _Sequence] = {}
         self.steps = 0
+        self._step: _Step | None = None
         self._status_file = os.environ.get(STATUS_ENV)
         self._published: tuple[Any, ...] | None = None
         self._publish()
 
     # ---- one scheduler step ------------------------------------------------------------------
-    def execute(self, so: Any) -> tuple[list[str], list[list[int]], Any]:
-        """SchedulerOutput -> (req_ids, sampled token ids per request, LogprobsLists | None)."""
+    def execute_model(self, so: Any) -> ModelRunnerOutput | None:
+        """Run the graphs for a SchedulerOutput; None means: call sample_tokens next (vLLM's protocol)."""
         for rid in so.finished_req_ids:
             self._drop(rid)
         for rid in so.preempted_req_ids or ():
@@ -71,45 +93,74 @@ class NeuronModelRunner:
         for i, rid in enumerate(cached.req_ids):
             computed[rid] = cached.num_computed_tokens[i]
             self._sync(rid, cached.all_token_ids.get(rid), rid in cached.resumed_req_ids)
+        if self.sampling is not None:
+            self.sampling.update(so)
+        if not so.num_scheduled_tokens:
+            self._publish()
+            return EMPTY_MODEL_RUNNER_OUTPUT
 
         req_ids = list(so.num_scheduled_tokens)
-        decodes: dict[int, tuple[str, DecodeEntry]] = {}
+        decodes: dict[int, str] = {}
         prefills: list[str] = []
         for rid in req_ids:
             seq = self.seqs[rid]
             if seq.prefilled:
-                decodes[seq.slot] = (rid, DecodeEntry(seq.token_ids[-1], len(seq.token_ids) - 1, seq.sampler))
+                decodes[seq.slot] = rid
             elif computed.get(rid, 0) + so.num_scheduled_tokens[rid] >= len(seq.token_ids):
                 prefills.append(rid)
             # else: a chunk of a longer prompt; prefill when the last chunk is scheduled.
-        results: dict[str, StepResult] = {}
+        outputs: dict[str, torch.Tensor] = {}
         if decodes:
             # Decode before prefilling, so this step's prefills are not yet live. Live sequences
-            # that sample nothing now keep their KV rows (see BatchExecutor.decode).
+            # that sample nothing now keep their KV rows (see BatchExecutor.decode_raw).
             hold = {seq.slot: (seq.token_ids[-1], len(seq.token_ids) - 1) for seq in self.seqs.values()
                     if seq.prefilled and seq.slot is not None and seq.slot not in decodes}
-            out = self.executor.decode({slot: entry for slot, (_, entry) in decodes.items()}, hold)
-            for slot, (rid, _) in decodes.items():
-                results[rid] = out[slot]
+            outputs.update(self._decode(decodes, hold))
         for rid in prefills:
-            results[rid] = self._prefill(rid, self.seqs[rid])
-        sampled = []
-        for rid in req_ids:
-            if rid in results:
-                self.seqs[rid].token_ids.append(results[rid].token)
-                sampled.append([results[rid].token])
-            else:
-                sampled.append([])
+            outputs[rid] = self._prefill(rid, self.seqs[rid])
+        self._step = _Step(so, req_ids, outputs)
+        return None
+
+    def sample_tokens(self, grammar_output: Any = None) -> ModelRunnerOutput:
+        """Tokens for the step execute_model ran: vLLM's Sampler on the logits (with the grammar bitmask of
+        structured-output requests), or the tokens the graph sampled."""
+        step, self._step = self._step, None
+        if step is None:
+            return EMPTY_MODEL_RUNNER_OUTPUT
+        if self.sampling is None:
+            req_ids, logprobs = step.req_ids, None
+            sampled = [[int(step.outputs[r])] if r in step.outputs else [] for r in req_ids]
+        else:
+            req_ids = self.sampling.req_ids  # vLLM's batch order, which its metadata and bitmask follow
+            logits = torch.zeros(len(req_ids), self.sampling.vocab_size)
+            for i, rid in enumerate(req_ids):
+                if rid in step.outputs:
+                    logits[i] = step.outputs[rid]
+            sampled, logprobs = self.sampling.sample(logits, set(step.outputs), step.so, grammar_output)
+        for rid, ids in zip(req_ids, sampled):
+            self.seqs[rid].token_ids.extend(ids)
         self.steps += 1
         self._publish()
-        return req_ids, sampled, self._logprobs(req_ids, results)
+        return ModelRunnerOutput(req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)},
+                                 sampled_token_ids=sampled, logprobs=logprobs, prompt_logprobs_dict={})
+
+    def _decode(self, decodes: dict[int, str], hold: dict[int, tuple[int, int]]) -> dict[str, torch.Tensor]:
+        seqs = {slot: self.seqs[rid] for slot, rid in decodes.items()}
+        if self.sampling is None:
+            entries = {slot: DecodeEntry(s.token_ids[-1], len(s.token_ids) - 1, s.sampler) for slot, s in seqs.items()}
+            out = self.executor.decode(entries, hold)
+            return {rid: torch.tensor(out[slot].token) for slot, rid in decodes.items()}
+        slots = list(decodes)
+        tokens = torch.tensor([seqs[s].token_ids[-1] for s in slots], dtype=torch.long)
+        positions = torch.tensor([len(seqs[s].token_ids) - 1 for s in slots], dtype=torch.long)
+        logits = self.executor.decode_raw(slots, tokens, positions, hold=hold).float()  # (n, vocab)
+        return {decodes[slot]: logits[i] for i, slot in enumerate(slots)}
 
     # ---- request bookkeeping -----------------------------------------------------------------
     def _add(self, rid: str, prompt: list[int], params: Any) -> None:
         if rid in self.seqs:  # a re-added id: start over rather than mix two requests' state
             self._drop(rid)
-        num_logprobs = getattr(params, "logprobs", None)
-        self.seqs[rid] = _Sequence(sampler_for(params), num_logprobs, prompt)
+        self.seqs[rid] = _Sequence(sampler_for(params) if self.sampling is None else None, prompt)
         self._acquire(rid)
 
     def _sync(self, rid: str, all_token_ids: list[int] | None, resumed: bool) -> None:
@@ -141,24 +192,22 @@ class NeuronModelRunner:
         self._release(rid)
         self.seqs.pop(rid, None)
 
-    def _prefill(self, rid: str, seq: _Sequence) -> StepResult:
+    def _prefill(self, rid: str, seq: _Sequence) -> torch.Tensor:
+        """Prefill the slot with every token so far: logits (vocab,) at the last one, or the token sampled on
+        device. (prompt_logprobs will want every position: BatchExecutor.encode, once it exists.)"""
         limit = self.config.max_context_length
         if len(seq.token_ids) > limit:
             # Only a resumed request can get here (the front end refuses long prompts).
             raise RuntimeError(f"request {rid} needs a prefill of {len(seq.token_ids)} tokens, over the artifact's "
                                f"max_context_length={limit}")
-        result = self.executor.prefill(seq.slot, seq.token_ids, seq.sampler)
+        if self.sampling is None:
+            out = torch.tensor(self.executor.prefill(seq.slot, seq.token_ids, seq.sampler).token)
+        else:
+            out = self.executor.prefill_raw(seq.slot, torch.tensor(seq.token_ids, dtype=torch.long)).float()
         seq.prefilled = True
-        return result
+        return out
 
-    # ---- outputs -----------------------------------------------------------------------------
-    def _logprobs(self, req_ids: list[str], results: dict[str, StepResult]) -> Any:
-        wanted = [self.seqs[r].num_logprobs for r in req_ids if r in results and self.seqs[r].num_logprobs is not None]
-        if not wanted:
-            return None
-        rows = [(results[r].logits, results[r].token) if r in results else (None, 0) for r in req_ids]
-        return logprobs_lists(rows, max(wanted))
-
+    # ---- status --------------------------------------------------------------------------------
     @property
     def busy_slots(self) -> dict[int, str]:
         return {seq.slot: rid for rid, seq in self.seqs.items() if seq.slot is not None}

@@ -22,6 +22,7 @@ from neuron_infer import load_runtime
 from neuron_infer.engine import BatchExecutor
 from neuron_vllm import kv_layout
 from neuron_vllm.runner import NeuronModelRunner
+from neuron_vllm.sampling import HostSampling
 
 logger = logging.getLogger("vllm.neuron_vllm.worker")
 
@@ -58,7 +59,15 @@ class NeuronWorker(WorkerBase):
         # compile (neuron_cache.trust); without it such an artifact is refused before any of it is opened.
         runtime = load_runtime(Artifact.open(self.model_config.model),
                                  trust_remote_code=bool(self.model_config.trust_remote_code))
-        self.runner = NeuronModelRunner(BatchExecutor(runtime))
+        executor = BatchExecutor(runtime)
+        # An artifact that returns logits is sampled by vLLM's own Sampler; one that samples on device is not.
+        sampling = None if executor.on_device_sampling else HostSampling.from_config(self.vllm_config)
+        graph_vocab = runtime.vocab_size
+        if sampling is not None and graph_vocab is not None and graph_vocab != sampling.vocab_size:
+            raise ValueError(f"neuron-vllm: the artifact's graphs return {graph_vocab} logits per token but its "
+                             f"config.json says vocab_size={sampling.vocab_size}: vLLM's sampler and tokenizer need "
+                             "them equal. Fix: re-export the model instead of editing config.json")
+        self.runner = NeuronModelRunner(executor, sampling)
         logger.info("neuron-vllm: loaded %s in %.1f s", self.model_config.model, time.perf_counter() - t)
 
     def compile_or_warm_up_model(self) -> CompilationTimes:
@@ -89,10 +98,11 @@ class NeuronWorker(WorkerBase):
         return ("generate",)
 
     # ---- stepping ------------------------------------------------------------------------------
-    def execute_model(self, scheduler_output: Any) -> ModelRunnerOutput:
-        req_ids, sampled, logprobs = self.runner.execute(scheduler_output)
-        return ModelRunnerOutput(req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)},
-                                 sampled_token_ids=sampled, logprobs=logprobs)
+    def execute_model(self, scheduler_output: Any) -> ModelRunnerOutput | None:
+        return self.runner.execute_model(scheduler_output)  # None: vLLM calls sample_tokens next
+
+    def sample_tokens(self, grammar_output: Any) -> ModelRunnerOutput:
+        return self.runner.sample_tokens(grammar_output)
 
     def take_draft_token_ids(self) -> None:
         return None
