@@ -104,10 +104,15 @@ def check_request(params: Any, prompt_len: int | None, neuron: NeuronConfig) -> 
     sp = params
     if not hasattr(sp, "temperature"):
         raise _fail("task", type(sp).__name__, "only text generation", "send a completion or chat request")
-    if prompt_len is not None and prompt_len > neuron.max_context_length:
+    limit = neuron.sequence_length - 1 if neuron.chunk_buckets else neuron.max_context_length
+    if prompt_len is not None and prompt_len > limit:
+        if neuron.chunk_buckets:
+            raise _fail("prompt length", prompt_len, f"at most sequence_length - 1 = {limit} tokens",
+                        "shorten the prompt, or re-export with a larger --sequence_length")
         raise _fail("prompt length", prompt_len,
-                    f"at most the artifact's max_context_length={neuron.max_context_length} tokens",
-                    "shorten the prompt, or re-export with a larger --max_context_length")
+                    f"at most the artifact's max_context_length={limit} tokens (it has no chunked-prefill graphs)",
+                    "shorten the prompt, or re-export with a larger --max_context_length, or with --chunk-buckets "
+                    "for prompts up to sequence_length - 1")
     for name, (value, default, fix) in _prompt_features(sp).items():
         if value != default:
             raise _fail(name, value, f"neuron-vllm supports only the default ({default!r})", fix)

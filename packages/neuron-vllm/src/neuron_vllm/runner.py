@@ -3,8 +3,16 @@
 vLLM's scheduler decides who runs; this runner maps its request ids to slots (the compiled batch
 rows) and remembers every token it sampled, because the scheduler does not send them back:
 `all_token_ids` arrives only for resumed requests and for ones not scheduled the step before.
-A request is prefilled once its whole prompt is scheduled (a chunked prompt just accumulates),
-then decodes one token per step at its own position.
+vLLM schedules a long prompt in chunks (chunked prefill): each scheduled chunk is encoded in that
+step through the artifact's chunked-prefill graphs, at its offset into the slot's KV rows, and the
+first token is sampled when the last chunk is in. (An artifact without those graphs gets each
+prompt encoded whole once all of it is scheduled.) Then the request decodes one token per step.
+
+Prefix caching: a new request's slot is chosen by neuron-infer's PrefixCache, which knows the
+tokens every slot's rows hold (running requests' and finished ones' until the slot is reused), so
+a shared prefix is reused in place or copied from another slot, and only the rest is encoded.
+vLLM's own prefix cache, on its block hashes, decides how many tokens it counts as computed
+(`num_computed_tokens`); whatever of those the rows do not hold is encoded with the next chunk.
 
 Like vLLM's own model runners, a step is two calls: `execute_model` runs the graphs and keeps
 their outputs, `sample_tokens(grammar_output)` turns them into tokens. An artifact that returns
@@ -19,7 +27,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,7 @@ import torch
 from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, ModelRunnerOutput
 
 from neuron_infer.engine import BatchExecutor, DecodeEntry, SlotPool, TokenSampler
+from neuron_infer.engine.prefix import PrefixCache, common_prefix
 from neuron_infer.sampling import SamplingParams
 from neuron_vllm.sampling import HostSampling
 
@@ -41,7 +50,8 @@ class _Sequence:
     sampler: TokenSampler | None  # on-device sampling only; vLLM's Sampler keeps the rest (sampling.py)
     token_ids: list[int]  # prompt + every token sampled so far
     slot: int | None = None
-    prefilled: bool = False  # the slot's KV rows hold token_ids[:-1]
+    prefilled: bool = False  # the prompt is in and a token was sampled: the request decodes
+    encoded: int = 0  # the slot's KV positions [0, encoded) hold token_ids[:encoded]
 
 
 @dataclass(slots=True)
@@ -63,7 +73,8 @@ def sampler_for(params: Any) -> TokenSampler:
 
 
 class NeuronModelRunner:
-    def __init__(self, executor: BatchExecutor, sampling: HostSampling | None = None):
+    def __init__(self, executor: BatchExecutor, sampling: HostSampling | None = None, *,
+                 prefix_caching: bool = False, min_prefix_tokens: int = 16):
         if executor.on_device_sampling != (sampling is None):
             raise ValueError("an artifact that returns logits needs vLLM's sampler (sampling=HostSampling), and one "
                              "that samples on device must not get one")
@@ -71,6 +82,14 @@ class NeuronModelRunner:
         self.config = executor.config
         self.sampling = sampling
         self.slots = SlotPool(executor.batch_size)
+        self.chunked = bool(self.config.chunk_buckets)  # the artifact can encode at an offset
+        if prefix_caching and not self.chunked:
+            raise ValueError("prefix caching needs the artifact's chunked-prefill graphs (re-export with "
+                             "--chunk-buckets), or serve with --no-enable-prefix-caching")
+        self.prefix_caching = prefix_caching
+        # Kept up to date whether or not prefix caching is on: it also says which rows a full-batch decode must
+        # leave as they are (`hold_rows`).
+        self.prefix = PrefixCache(executor.batch_size, min_tokens=min_prefix_tokens)
         self.seqs: dict[str, _Sequence] = {}
         self.steps = 0
         self._step: _Step | None = None
@@ -102,20 +121,26 @@ class NeuronModelRunner:
         req_ids = list(so.num_scheduled_tokens)
         decodes: dict[int, str] = {}
         prefills: list[str] = []
+        chunks: list[tuple[str, int]] = []
         for rid in req_ids:
             seq = self.seqs[rid]
+            upto = computed.get(rid, 0) + so.num_scheduled_tokens[rid]
             if seq.prefilled:
                 decodes[seq.slot] = rid
-            elif computed.get(rid, 0) + so.num_scheduled_tokens[rid] >= len(seq.token_ids):
+            elif upto >= len(seq.token_ids):
                 prefills.append(rid)
-            # else: a chunk of a longer prompt; prefill when the last chunk is scheduled.
+            elif self.chunked:
+                chunks.append((rid, upto))  # a chunk of a longer prompt: encoded now, nothing sampled
+            # else: no chunk graphs; the prompt is encoded whole when its last chunk is scheduled.
         outputs: dict[str, torch.Tensor] = {}
         if decodes:
-            # Decode before prefilling, so this step's prefills are not yet live. Live sequences
-            # that sample nothing now keep their KV rows (see BatchExecutor.decode_raw).
-            hold = {seq.slot: (seq.token_ids[-1], len(seq.token_ids) - 1) for seq in self.seqs.values()
-                    if seq.prefilled and seq.slot is not None and seq.slot not in decodes}
+            # Decode before prefilling, so this step's prefills are not yet live. Every other row that holds
+            # something (a live sequence sampling nothing now, a prompt half encoded, a finished request's
+            # reusable prefix) rewrites its own last entry if the graph runs it (see BatchExecutor.decode_raw).
+            hold = self.prefix.hold_rows(s for s in range(self.slots.size) if s not in decodes)
             outputs.update(self._decode(decodes, hold))
+        for rid, upto in chunks:
+            self._encode(self.seqs[rid], upto)
         for rid in prefills:
             outputs[rid] = self._prefill(rid, self.seqs[rid])
         self._step = _Step(so, req_ids, outputs)
@@ -149,11 +174,17 @@ class NeuronModelRunner:
         if self.sampling is None:
             entries = {slot: DecodeEntry(s.token_ids[-1], len(s.token_ids) - 1, s.sampler) for slot, s in seqs.items()}
             out = self.executor.decode(entries, hold)
+            for slot, s in seqs.items():
+                self.prefix.advance(slot, len(s.token_ids))
+                s.encoded = len(s.token_ids)
             return {rid: torch.tensor(out[slot].token) for slot, rid in decodes.items()}
         slots = list(decodes)
         tokens = torch.tensor([seqs[s].token_ids[-1] for s in slots], dtype=torch.long)
         positions = torch.tensor([len(seqs[s].token_ids) - 1 for s in slots], dtype=torch.long)
         logits = self.executor.decode_raw(slots, tokens, positions, hold=hold).float()  # (n, vocab)
+        for slot in slots:  # each wrote its last token's row
+            self.prefix.advance(slot, len(seqs[slot].token_ids))
+            seqs[slot].encoded = len(seqs[slot].token_ids)
         return {decodes[slot]: logits[i] for i, slot in enumerate(slots)}
 
     # ---- request bookkeeping -----------------------------------------------------------------
@@ -168,43 +199,62 @@ class NeuronModelRunner:
         if seq is None:
             raise RuntimeError(f"vLLM scheduled request {rid} that this worker never saw as new")
         if all_token_ids is not None and list(all_token_ids) != seq.token_ids:
-            # The scheduler's tokens are authoritative; ours may lag after a preemption.
+            # The scheduler's tokens are authoritative; ours may lag after a preemption. The rows keep what
+            # both agree on.
+            seq.encoded = common_prefix(seq.token_ids[:seq.encoded], all_token_ids)
             seq.token_ids, seq.prefilled = list(all_token_ids), False
+            if seq.slot is not None:
+                self.prefix.record(seq.slot, seq.token_ids, seq.encoded)
         if resumed:
             seq.prefilled = False
         if seq.slot is None:
             self._acquire(rid)
 
     def _acquire(self, rid: str) -> None:
-        slot = self.slots.acquire()
-        if slot is None:  # checks.py keeps max_num_seqs <= batch_size, so this is a bug
+        seq = self.seqs[rid]
+        if not self.slots.num_free:  # checks.py keeps max_num_seqs <= batch_size, so this is a bug
             raise RuntimeError(f"no free slot for request {rid}: all {self.slots.size} slots are busy "
                                f"({sorted(self.seqs)})")
-        self.seqs[rid].slot = slot
+        plan = self.prefix.plan(seq.token_ids, self.slots.free, enabled=self.prefix_caching)
+        seq.slot = self.slots.acquire(plan.slot)
+        if plan.source is not None:
+            self.executor.copy_kv(plan.source, plan.slot, plan.reuse)
+        seq.encoded = plan.reuse
+        self.prefix.record(seq.slot, seq.token_ids, seq.encoded)
 
     def _release(self, rid: str) -> None:
         seq = self.seqs.get(rid)
         if seq is not None and seq.slot is not None:
-            self.slots.release(seq.slot)
-            seq.slot, seq.prefilled = None, False
+            self.slots.release(seq.slot)  # its rows keep what they hold (PrefixCache) until the slot is reused
+            seq.slot, seq.prefilled, seq.encoded = None, False, 0
 
     def _drop(self, rid: str) -> None:
         self._release(rid)
         self.seqs.pop(rid, None)
 
+    def _encode(self, seq: _Sequence, upto: int) -> None:
+        """A chunk of a prompt vLLM scheduled over several steps: encode what the rows lack of token_ids[:upto]."""
+        if upto > seq.encoded:
+            self.executor.encode(seq.slot, seq.token_ids[seq.encoded:upto], seq.encoded)
+            seq.encoded = upto
+            self.prefix.record(seq.slot, seq.token_ids, upto)
+
     def _prefill(self, rid: str, seq: _Sequence) -> torch.Tensor:
-        """Prefill the slot with every token so far: logits (vocab,) at the last one, or the token sampled on
-        device. (prompt_logprobs will want every position: BatchExecutor.encode, once it exists.)"""
-        limit = self.config.max_context_length
-        if len(seq.token_ids) > limit:
-            # Only a resumed request can get here (the front end refuses long prompts).
-            raise RuntimeError(f"request {rid} needs a prefill of {len(seq.token_ids)} tokens, over the artifact's "
-                               f"max_context_length={limit}")
-        if self.sampling is None:
-            out = torch.tensor(self.executor.prefill(seq.slot, seq.token_ids, seq.sampler).token)
-        else:
+        """Encode the rest of token_ids (all of it, or what follows a reused prefix or earlier chunks): logits
+        (vocab,) at the last token, or the token sampled on device."""
+        n, start = len(seq.token_ids), seq.encoded
+        if n > self.executor.runtime.max_prompt_length:
+            # Only a resumed request can get here (the front end refuses longer prompts).
+            raise RuntimeError(f"request {rid} needs a prefill of {n} tokens, over the {self.executor.runtime.max_prompt_length} "
+                               "this artifact encodes")
+        if self.sampling is None:  # (past the largest bucket or a reused prefix the host picks: BatchExecutor)
+            out = torch.tensor(self.executor.prefill(seq.slot, seq.token_ids, seq.sampler, start=start).token)
+        elif start == 0 and n <= self.config.max_context_length:
             out = self.executor.prefill_raw(seq.slot, torch.tensor(seq.token_ids, dtype=torch.long)).float()
-        seq.prefilled = True
+        else:
+            out = self.executor.encode(seq.slot, seq.token_ids[start:], start)[-1]
+        seq.prefilled, seq.encoded = True, n
+        self.prefix.record(seq.slot, seq.token_ids, n)
         return out
 
     # ---- status --------------------------------------------------------------------------------
@@ -215,7 +265,7 @@ class NeuronModelRunner:
     def _publish(self) -> None:
         """Write slot occupancy to $NEURON_VLLM_STATUS_FILE when it changes (atomic rename)."""
         busy = self.busy_slots
-        key = tuple(sorted(busy.items()))
+        key = (tuple(sorted(busy.items())), self.prefix.stats.queries)
         if key == self._published:
             return
         self._published = key
@@ -223,7 +273,8 @@ class NeuronModelRunner:
         if not self._status_file:
             return
         status = {"slots": self.slots.size, "busy": {str(s): r for s, r in sorted(busy.items())},
-                  "free": self.slots.num_free, "steps": self.steps, "pid": os.getpid()}
+                  "free": self.slots.num_free, "steps": self.steps, "pid": os.getpid(),
+                  "prefix_cache": {**asdict(self.prefix.stats), "enabled": self.prefix_caching}}
         path = Path(self._status_file)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".status-")
         with os.fdopen(fd, "w") as f:

@@ -67,7 +67,8 @@ class NeuronWorker(WorkerBase):
             raise ValueError(f"neuron-vllm: the artifact's graphs return {graph_vocab} logits per token but its "
                              f"config.json says vocab_size={sampling.vocab_size}: vLLM's sampler and tokenizer need "
                              "them equal. Fix: re-export the model instead of editing config.json")
-        self.runner = NeuronModelRunner(executor, sampling)
+        self.runner = NeuronModelRunner(executor, sampling,
+                                        prefix_caching=bool(self.cache_config.enable_prefix_caching))
         logger.info("neuron-vllm: loaded %s in %.1f s", self.model_config.model, time.perf_counter() - t)
 
     def compile_or_warm_up_model(self) -> CompilationTimes:
