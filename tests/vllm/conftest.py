@@ -45,7 +45,8 @@ def smollm2_artifact() -> Path:
 
     s = SMOLLM2_SHAPES
     name = (f"smollm2-b{s['batch_size']}-s{s['sequence_length']}-c{s['max_context_length']}-"
-            f"k{'_'.join(map(str, s['context_buckets']))}-{s['torch_dtype']}-{s['backend']}")
+            f"k{'_'.join(map(str, s['context_buckets']))}-ch{'_'.join(map(str, s['chunk_buckets']))}-{s['torch_dtype']}-"
+            f"{s['backend']}")
     path = _artifacts_root() / name
     with FileLock(str(path) + ".lock"):
         if not _matches(path, s):

@@ -61,7 +61,7 @@ class Probe(Driver):
         result = super().step(scheduled, **kwargs)
         lists = self.last.logprobs
         for rid, tokens in result.items():
-            if tokens:
+            if tokens and lists is not None:
                 self.logprobs.setdefault(rid, []).append(float(lists.logprobs[self.last.req_id_to_index[rid]][0]))
         return result
 
@@ -219,3 +219,37 @@ def test_full_batch_decodes_leave_a_half_encoded_prompt_and_a_free_prefix_alone(
     assert tc == greedy(tiny_reference, c, 4)
     check_logprobs(tiny_reference, c, tc, driver.logprobs["c"])
     assert driver.encoded - before == len(c) - len(SYSTEM)
+
+
+def test_prompt_logprobs_of_a_chunked_prompt_match_transformers(driver, tiny_reference):
+    """prompt_logprobs=2: every position's logprob of the next prompt token, its rank and the top 2, through the
+    chunked-prefill graphs (vLLM schedules the prompt in 16-token chunks); the prefix cache is bypassed."""
+    run(driver, "warm", SYSTEM + ids(13, 3), 1)  # holds SYSTEM: a reuse here would leave positions unscored
+    prompt = SYSTEM + ids(14, 9)
+    params = SamplingParams(temperature=0.0, prompt_logprobs=2)
+    done, out = 0, None
+    while done < len(prompt):
+        step = min(16, len(prompt) - done)
+        kwargs = dict(new_reqs=[new_greedy("p", prompt, 0, params)]) if done == 0 else dict(cached=["p"],
+                                                                                           computed=[done])
+        out = driver.step({"p": step}, **kwargs)
+        if done + step < len(prompt):
+            assert driver.last.prompt_logprobs_dict == {}, "sent only once the whole prompt is scored"
+        done += step
+    assert out["p"] == greedy(tiny_reference, prompt, 1)
+    got = driver.last.prompt_logprobs_dict["p"]
+    with torch.no_grad():
+        lp = tiny_reference(torch.tensor([prompt])).logits[0, :-1].float().log_softmax(-1)
+    targets = torch.tensor(prompt[1:])
+    assert got.logprob_token_ids.shape == (len(prompt) - 1, 3)
+    assert torch.equal(got.logprob_token_ids[:, 0], targets)
+    assert torch.allclose(got.logprobs[:, 0], lp.gather(1, targets.view(-1, 1)).view(-1), atol=2e-4)
+    # Ranks count the tokens at least as likely; the random model's logprobs crowd within ~1e-4 of each other, where
+    # float32 noise reorders a few neighbours.
+    ranks = (lp >= lp.gather(1, targets.view(-1, 1))).sum(-1)
+    assert (got.selected_token_ranks - ranks).abs().max() <= 3
+    top = lp.topk(2)
+    assert torch.equal(got.logprob_token_ids[:, 1:], top.indices)
+    assert torch.allclose(got.logprobs[:, 1:], top.values, atol=2e-4)
+    stats = driver.runner.prefix.stats
+    assert (stats.queries, stats.hits) == (1, 0), "p is never looked up: its positions must all be scored"

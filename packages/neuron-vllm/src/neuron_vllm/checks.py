@@ -85,21 +85,26 @@ def _sampling_features(sp: Any) -> dict[str, tuple[Any, Any, str]]:
     }
 
 
-def _prompt_features(sp: Any) -> dict[str, tuple[Any, Any, str]]:
-    """What needs logits at every prompt position: the context-encoding graph returns only the last."""
-    return {
-        "prompt_logprobs": (sp.prompt_logprobs, None, "omit prompt_logprobs (echo + logprobs)"),
+def _prompt_features(sp: Any, neuron: NeuronConfig) -> dict[str, tuple[Any, Any, str]]:
+    """What needs logits at every prompt position: the chunked-prefill graphs return them (the context-encoding
+    graphs only the last), and vLLM's Sampler scores them (not with on-device sampling)."""
+    features = {
         "prompt_logprob_token_ids": (sp.prompt_logprob_token_ids or None, None, "omit prompt_logprob_token_ids"),
         "watermarking": (sp.watermarking or None, None, "omit watermarking"),
     }
+    if not neuron.chunk_buckets or neuron.on_device_sampling:
+        features["prompt_logprobs"] = (sp.prompt_logprobs, None, "omit prompt_logprobs (echo + logprobs), or "
+                                       "re-export with --chunk-buckets and without --on_device_sampling")
+    return features
 
 
 def check_request(params: Any, prompt_len: int | None, neuron: NeuronConfig) -> None:
     """Refuse a request's features the artifact cannot serve. Runs in the front end, before the request
     reaches the engine, so the OpenAI server answers 400 instead of failing the step (500).
 
-    An artifact that returns logits is sampled by vLLM's own Sampler: every sampling feature works
-    except those needing logits at every prompt position. One that samples on device keeps
+    An artifact that returns logits is sampled by vLLM's own Sampler: every sampling feature works, and
+    prompt_logprobs when it has chunked-prefill graphs (they return every position's logits). One that
+    samples on device keeps
     temperature, top_k, top_p, seed, n, stop and max_tokens."""
     sp = params
     if not hasattr(sp, "temperature"):
@@ -113,7 +118,7 @@ def check_request(params: Any, prompt_len: int | None, neuron: NeuronConfig) -> 
                     f"at most the artifact's max_context_length={limit} tokens (it has no chunked-prefill graphs)",
                     "shorten the prompt, or re-export with a larger --max_context_length, or with --chunk-buckets "
                     "for prompts up to sequence_length - 1")
-    for name, (value, default, fix) in _prompt_features(sp).items():
+    for name, (value, default, fix) in _prompt_features(sp, neuron).items():
         if value != default:
             raise _fail(name, value, f"neuron-vllm supports only the default ({default!r})", fix)
     if not neuron.on_device_sampling:

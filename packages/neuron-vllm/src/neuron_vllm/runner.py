@@ -52,6 +52,8 @@ class _Sequence:
     slot: int | None = None
     prefilled: bool = False  # the prompt is in and a token was sampled: the request decodes
     encoded: int = 0  # the slot's KV positions [0, encoded) hold token_ids[:encoded]
+    num_prompt_logprobs: int | None = None  # vLLM's prompt_logprobs: every position is encoded, never reused
+    prompt_logprobs: Any = None  # LogprobsTensors (prompt - 1 rows) filled chunk by chunk, sent when complete
 
 
 @dataclass(slots=True)
@@ -61,6 +63,7 @@ class _Step:
     so: Any
     req_ids: list[str]  # the scheduled requests
     outputs: dict[str, torch.Tensor]  # per request that samples now: logits (vocab,), or the token sampled on device
+    prompt_logprobs: dict[str, Any]  # per request whose prompt was completed now and asked for prompt_logprobs
 
 
 def sampler_for(params: Any) -> TokenSampler:
@@ -141,9 +144,13 @@ class NeuronModelRunner:
             outputs.update(self._decode(decodes, hold))
         for rid, upto in chunks:
             self._encode(self.seqs[rid], upto)
+        prompt_logprobs = {}
         for rid in prefills:
-            outputs[rid] = self._prefill(rid, self.seqs[rid])
-        self._step = _Step(so, req_ids, outputs)
+            seq = self.seqs[rid]
+            outputs[rid] = self._prefill(rid, seq)
+            if seq.prompt_logprobs is not None:
+                prompt_logprobs[rid], seq.prompt_logprobs, seq.num_prompt_logprobs = seq.prompt_logprobs, None, None
+        self._step = _Step(so, req_ids, outputs, prompt_logprobs)
         return None
 
     def sample_tokens(self, grammar_output: Any = None) -> ModelRunnerOutput:
@@ -167,7 +174,8 @@ class NeuronModelRunner:
         self.steps += 1
         self._publish()
         return ModelRunnerOutput(req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)},
-                                 sampled_token_ids=sampled, logprobs=logprobs, prompt_logprobs_dict={})
+                                 sampled_token_ids=sampled, logprobs=logprobs,
+                                 prompt_logprobs_dict=step.prompt_logprobs)
 
     def _decode(self, decodes: dict[int, str], hold: dict[int, tuple[int, int]]) -> dict[str, torch.Tensor]:
         seqs = {slot: self.seqs[rid] for slot, rid in decodes.items()}
@@ -191,7 +199,14 @@ class NeuronModelRunner:
     def _add(self, rid: str, prompt: list[int], params: Any) -> None:
         if rid in self.seqs:  # a re-added id: start over rather than mix two requests' state
             self._drop(rid)
-        self.seqs[rid] = _Sequence(sampler_for(params) if self.sampling is None else None, prompt)
+        seq = _Sequence(sampler_for(params) if self.sampling is None else None, prompt)
+        k = getattr(params, "prompt_logprobs", None)
+        if k is not None and self.sampling is not None and len(prompt) > 1:  # (checks.py refused the rest)
+            from vllm.v1.outputs import LogprobsTensors
+
+            seq.num_prompt_logprobs = self.sampling.vocab_size if k == -1 else k
+            seq.prompt_logprobs = LogprobsTensors.empty_cpu(len(prompt) - 1, seq.num_prompt_logprobs + 1)
+        self.seqs[rid] = seq
         self._acquire(rid)
 
     def _sync(self, rid: str, all_token_ids: list[int] | None, resumed: bool) -> None:
@@ -215,7 +230,8 @@ class NeuronModelRunner:
         if not self.slots.num_free:  # checks.py keeps max_num_seqs <= batch_size, so this is a bug
             raise RuntimeError(f"no free slot for request {rid}: all {self.slots.size} slots are busy "
                                f"({sorted(self.seqs)})")
-        plan = self.prefix.plan(seq.token_ids, self.slots.free, enabled=self.prefix_caching)
+        plan = self.prefix.plan(seq.token_ids, self.slots.free,
+                                enabled=self.prefix_caching and seq.num_prompt_logprobs is None)
         seq.slot = self.slots.acquire(plan.slot)
         if plan.source is not None:
             self.executor.copy_kv(plan.source, plan.slot, plan.reuse)
@@ -235,9 +251,24 @@ class NeuronModelRunner:
     def _encode(self, seq: _Sequence, upto: int) -> None:
         """A chunk of a prompt vLLM scheduled over several steps: encode what the rows lack of token_ids[:upto]."""
         if upto > seq.encoded:
-            self.executor.encode(seq.slot, seq.token_ids[seq.encoded:upto], seq.encoded)
+            logits = self.executor.encode(seq.slot, seq.token_ids[seq.encoded:upto], seq.encoded)
+            self._prompt_logprobs(seq, logits, seq.encoded)
             seq.encoded = upto
             self.prefix.record(seq.slot, seq.token_ids, upto)
+
+    def _prompt_logprobs(self, seq: _Sequence, logits: torch.Tensor, start: int) -> None:
+        """Fill the prompt logprobs of positions start.. from their logits: position i scores prompt token i + 1."""
+        if seq.prompt_logprobs is None:
+            return
+        m = min(len(logits), len(seq.prompt_logprobs.logprobs) - start)  # the last prompt position scores no token
+        if m <= 0:
+            return
+        ids, values, ranks = self.sampling.prompt_logprobs(logits[:m], seq.token_ids[start + 1:start + 1 + m],
+                                                           seq.num_prompt_logprobs)
+        rows = slice(start, start + m)
+        seq.prompt_logprobs.logprob_token_ids[rows] = ids
+        seq.prompt_logprobs.logprobs[rows] = values
+        seq.prompt_logprobs.selected_token_ranks[rows] = ranks
 
     def _prefill(self, rid: str, seq: _Sequence) -> torch.Tensor:
         """Encode the rest of token_ids (all of it, or what follows a reused prefix or earlier chunks): logits
@@ -249,10 +280,12 @@ class NeuronModelRunner:
                                "this artifact encodes")
         if self.sampling is None:  # (past the largest bucket or a reused prefix the host picks: BatchExecutor)
             out = torch.tensor(self.executor.prefill(seq.slot, seq.token_ids, seq.sampler, start=start).token)
-        elif start == 0 and n <= self.config.max_context_length:
+        elif start == 0 and n <= self.config.max_context_length and seq.num_prompt_logprobs is None:
             out = self.executor.prefill_raw(seq.slot, torch.tensor(seq.token_ids, dtype=torch.long)).float()
         else:
-            out = self.executor.encode(seq.slot, seq.token_ids[start:], start)[-1]
+            logits = self.executor.encode(seq.slot, seq.token_ids[start:], start)
+            self._prompt_logprobs(seq, logits, start)
+            out = logits[-1]
         seq.prefilled, seq.encoded = True, n
         self.prefix.record(seq.slot, seq.token_ids, n)
         return out

@@ -52,6 +52,15 @@ class HostSampling:
                    logitsprocs_need_output_token_ids=bool(custom), logprobs_mode=model.logprobs_mode,
                    reasoning_config=vllm_config.reasoning_config)
 
+    def prompt_logprobs(self, logits: torch.Tensor, targets: list[int], k: int) -> tuple[torch.Tensor, ...]:
+        """Prompt logprobs of one chunk the way vLLM's model runner computes them: `logits` (m, vocab) at m prompt
+        positions, `targets` the m tokens that follow them; returns (token ids (m, k+1), values (m, k+1), ranks (m,)).
+        Prompt tokens skip the sampling processors, so processed and raw modes give the same scores."""
+        scores = logits.float() if self.sampler.logprobs_mode in ("raw_logits", "processed_logits") else \
+            self.sampler.compute_logprobs(logits.float())
+        ids, values, ranks, *_ = self.sampler.gather_logprobs(scores, k, torch.tensor(targets, dtype=torch.long))
+        return ids, values, ranks
+
     @property
     def vocab_size(self) -> int:
         return self.batch.vocab_size
