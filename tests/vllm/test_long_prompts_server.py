@@ -74,13 +74,6 @@ def test_a_prompt_over_the_largest_bucket_is_chunked_by_vllm_and_matches_vllm_cp
     assert got == greedy(reference, prompt)[1]
 
 
-def test_a_prompt_of_sequence_length_is_refused_by_name(neuron, tokenizer):
-    prompt = tokenizer.decode([tokenizer.encode(" sea")[0]] * SMOLLM2_SHAPES["sequence_length"])
-    with pytest.raises(openai.BadRequestError) as err:
-        greedy(neuron, prompt, 1)
-    assert "256" in str(err.value)
-
-
 def test_shared_prefixes_are_reused_and_answers_match_vllm_cpu(server, neuron, reference):
     """Eight concurrent requests sharing a 150-token prefix: the first encodes it, the others reuse its rows (copied
     from a busy slot, or in place from a finished one), and every answer is vLLM-CPU's."""
