@@ -38,7 +38,10 @@ def test_artifacts_get_the_neuron_worker_and_bad_settings_name_both_values(tiny_
                          + [{"model": str(tiny_checkpoint), "args": dict(OK_ARGS)}], tmp_path)
     assert out["platform"] == "NeuronPlatform" and out["register"] == "neuron_vllm.platform.NeuronPlatform"
     results = out["results"]
-    assert results[0] == {"worker_cls": "neuron_vllm.worker.NeuronWorker", "prefix_caching": False}
+    # The tiny artifact has chunked-prefill graphs: vLLM's prefix caching stays on; vLLM plans the slots' blocks
+    # (batch 2 x 64 positions / 16 per block, plus its null block).
+    assert results[0] == {"worker_cls": "neuron_vllm.worker.NeuronWorker", "prefix_caching": True, "block_size": 16,
+                          "num_gpu_blocks_override": 2 * 64 // 16 + 1}
     for (args, pattern), result in zip(cases[1:], results[1:len(cases)]):
         assert "error" in result, f"{args} was accepted: {result}"
         assert re.search(pattern, result["error"]), result["error"]

@@ -63,8 +63,10 @@ def test_the_worker_reads_vllms_trust_remote_code(tiny_artifact, tmp_path, monke
         worker.model_config = SimpleNamespace(model=str(tiny_artifact), trust_remote_code=trust_remote_code,
                                               max_model_len=64, logprobs_mode="raw_logprobs", logits_processors=None,
                                               get_vocab_size=lambda: 49152)
+        worker.cache_config = SimpleNamespace(enable_prefix_caching=True, block_size=16)
         worker.vllm_config = SimpleNamespace(model_config=worker.model_config, speculative_config=None,
-                                             reasoning_config=None, scheduler_config=SimpleNamespace(max_num_seqs=2))
+                                             reasoning_config=None, scheduler_config=SimpleNamespace(max_num_seqs=2),
+                                             cache_config=worker.cache_config)
 
     configure(trust_remote_code=False)
     with pytest.raises(UntrustedGraphsError, match="trust_remote_code=True"):

@@ -2,7 +2,7 @@
 
     python engine_config.py CASES.json OUT.json
 CASES: [{"model": ..., "args": {EngineArgs fields}}]; each result: platform, worker_cls,
-prefix_caching, or the error message the config raised.
+prefix_caching, block_size, num_gpu_blocks_override, or the error message the config raised.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ def main(cases_path: str, out_path: str) -> None:
         try:
             config = EngineArgs(model=case["model"], **case["args"]).create_engine_config()
             results.append({"worker_cls": config.parallel_config.worker_cls,
-                            "prefix_caching": config.cache_config.enable_prefix_caching})
+                            "prefix_caching": config.cache_config.enable_prefix_caching,
+                            "block_size": config.cache_config.block_size,
+                            "num_gpu_blocks_override": config.cache_config.num_gpu_blocks_override})
         except Exception as err:  # report, do not stop: each case is independent
             results.append({"error": f"{type(err).__name__}: {err}"})
     register = None
