@@ -15,7 +15,7 @@ import torch
 import transformers
 from filelock import FileLock
 from support.smollm2 import SMOLLM2_GGUF, smollm2_dir, smollm2_gguf
-from vllm_testlib import SMOLLM2_SHAPES, serve_vllm_cpu
+from vllm_testlib import SMOLLM2_SHAPES, serve, serve_vllm_cpu
 
 from neuron_cache import Artifact, ArtifactError, NeuronConfigError
 
@@ -88,4 +88,15 @@ def vllm_cpu_smollm2(smollm2_hf_dir, tmp_path_factory):
     with serve_vllm_cpu(smollm2_hf_dir, tmp_path_factory.mktemp("vllm-cpu"), "--served-model-name", "smollm2",
                         "--dtype", "float32", "--max-model-len", str(s["sequence_length"]),
                         "--max-num-seqs", str(s["batch_size"])) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(smollm2_artifact, tmp_path_factory):
+    """One `neuron-vllm serve` of the SmolLM2 artifact, served as "smollm2", for test_server, test_sampling_parity
+    and test_long_prompts_server (a server start costs 20-40 s). `--max-num-batched-tokens 64`: vLLM must split
+    every longer prompt into chunks. `--trust-remote-code`: an artifact reused from an earlier session
+    (NEURON_VLLM_TEST_ARTIFACTS) has graphs this session's trust store does not know."""
+    with serve(smollm2_artifact, tmp_path_factory.mktemp("smollm2-server"), "--served-model-name", "smollm2",
+               "--trust-remote-code", "--max-num-batched-tokens", "64") as server:
         yield server

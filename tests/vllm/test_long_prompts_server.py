@@ -2,7 +2,7 @@
 client against `neuron-vllm serve` on SmolLM2 (batch 8, sequence_length 256, prompt buckets up to 128, chunked-prefill
 graphs), compared with vLLM's own CPU backend on the same weights (greedy tokens).
 
-The server runs with --max-num-batched-tokens 64: vLLM must split every prompt over 64 tokens into chunks of at most
+The session's SmolLM2 server (conftest) runs with --max-num-batched-tokens 64: vLLM must split every prompt over 64 tokens into chunks of at most
 64 scheduled tokens a step (it refuses such a prompt when it cannot chunk), and the runner encodes each chunk at its
 offset. vLLM's prefix caching is on (its default)."""
 
@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from vllm_testlib import SMOLLM2_SHAPES, serve
+from vllm_testlib import SMOLLM2_SHAPES
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -27,10 +27,8 @@ QUESTIONS = ["What did he count?", "Who taught him?", "What did he write in?", "
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_artifact, tmp_path_factory):
-    with serve(smollm2_artifact, tmp_path_factory.mktemp("long"), "--served-model-name", NAME, "--trust-remote-code",
-               "--max-num-batched-tokens", "64") as s:
-        yield s
+def server(smollm2_server):
+    return smollm2_server  # started with --max-num-batched-tokens 64 (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import re
 import jsonschema
 import openai
 import pytest
-from vllm_testlib import serve
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -20,12 +19,8 @@ PROMPT = "The capital of France is"
 
 
 @pytest.fixture(scope="module")
-def neuron(smollm2_artifact, tmp_path_factory) -> openai.OpenAI:
-    # --trust-remote-code: the session's artifact may come from an earlier run (NEURON_VLLM_TEST_ARTIFACTS), whose
-    # graphs this session's trust store does not know.
-    with serve(smollm2_artifact, tmp_path_factory.mktemp("server"), "--served-model-name", NAME,
-               "--trust-remote-code") as server:
-        yield openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=180, max_retries=0)
+def neuron(smollm2_server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{smollm2_server.url}/v1", api_key="unused", timeout=180, max_retries=0)
 
 
 @pytest.fixture(scope="module")

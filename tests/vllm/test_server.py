@@ -14,7 +14,6 @@ import httpx
 import openai
 import pytest
 import torch
-from vllm_testlib import serve
 
 from neuron_infer import NeuronModelForCausalLM
 
@@ -28,9 +27,8 @@ TEXTS = ["The capital of France is", "Here is a list of fruits: apple,", "def ad
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_artifact, tmp_path_factory):
-    with serve(smollm2_artifact, tmp_path_factory.mktemp("server"), "--served-model-name", NAME) as s:
-        yield s
+def server(smollm2_server):
+    return smollm2_server  # shared with test_sampling_parity and test_long_prompts_server (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +39,9 @@ def client(server) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def reference(smollm2_artifact):
     """Greedy continuations from neuron-infer's generate, batched 8 at a time (the compiled batch)."""
-    model = NeuronModelForCausalLM.from_pretrained(smollm2_artifact)
+    # (trust_remote_code: an artifact reused from an earlier session, NEURON_VLLM_TEST_ARTIFACTS, is not in this
+    # session's trust store; one exported in this session is trusted either way)
+    model = NeuronModelForCausalLM.from_pretrained(smollm2_artifact, trust_remote_code=True)
 
     def run(prompts: list[list[int]], n: int, eos: bool = False) -> list[list[int]]:
         width = max(map(len, prompts))
@@ -179,7 +179,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(client, server, tok
     assert complete(client, prompt, 6).choices[0].model_extra["token_ids"] == want
 
 
-@pytest.mark.parametrize(("n_tokens", "match"), [(256, "25[56]"), (300, "256")])
+@pytest.mark.parametrize(("n_tokens", "match"), [(256, "max_tokens must be at least 1"), (300, "256")])
 def test_an_overlong_prompt_gets_a_400_and_the_server_stays_up(client, server, tokenizer, reference, n_tokens, match):
     long_prompt = (tokenizer(TEXTS[15])["input_ids"] * 100)[:n_tokens]
     with pytest.raises(openai.BadRequestError, match=match):
@@ -188,12 +188,3 @@ def test_an_overlong_prompt_gets_a_400_and_the_server_stays_up(client, server, t
     prompt = tokenizer(TEXTS[1])["input_ids"]
     (want,) = reference([prompt], 5)
     assert complete(client, prompt, 5).choices[0].model_extra["token_ids"] == want
-
-
-def test_prompt_logprob_token_ids_get_a_400_naming_the_parameter(client, tokenizer):
-    # Sampling options (penalties, min_p, structured outputs, prompt_logprobs...) are vLLM's sampler's:
-    # test_sampling_parity.py.
-    prompt = tokenizer(TEXTS[2])["input_ids"]
-    with pytest.raises(openai.BadRequestError, match="prompt_logprob_token_ids") as err:
-        complete(client, prompt, 4, prompt_logprobs=1, prompt_logprob_token_ids=[5, 6])
-    assert err.value.status_code == 400
