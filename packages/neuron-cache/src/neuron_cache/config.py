@@ -498,6 +498,12 @@ class NeuronConfig:
             "shorten the prompt or re-export with a larger --max_context_length."
         )
 
+    @property
+    def max_prompt_length(self) -> int:
+        """The longest prompt the artifact encodes: with chunked-prefill graphs, all but the last cache position
+        (left for the first generated token); without them, the largest prompt bucket."""
+        return self.sequence_length - 1 if self.chunk_buckets else self.max_context_length
+
     def chunk_plan(self, length: int) -> list[int]:
         """The chunk graphs that encode `length` tokens, in order: the largest chunk for the bulk, then the smallest
         chunk that holds the tail (the last chunk is padded). Empty for an artifact without chunked_prefill graphs."""

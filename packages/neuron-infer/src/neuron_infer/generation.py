@@ -165,11 +165,10 @@ class _Decoder:
         host_pick = executor.on_device_sampling and any(p.numel() > limit for p in prompts)
         outs = []
         for slot, prompt in enumerate(prompts):
-            if prompt.numel() > limit or host_pick:
-                outs.append(executor.encode(slot, prompt, 0)[-1])
+            if executor.on_device_sampling and not host_pick:
+                outs.append(executor.prefill_raw(slot, prompt, row_params[slot], self._rand(1)))
             else:
-                row = row_params[slot] if executor.on_device_sampling else None
-                outs.append(executor.prefill_raw(slot, prompt, row, self._rand(1)))
+                outs.append(executor.prefill_logits(slot, prompt))
         if host_pick:
             return pick_tokens(torch.stack(outs), self.settings.sampling, self.generator, None, None)
         return self._pick(torch.stack(outs), len(prompts), history)

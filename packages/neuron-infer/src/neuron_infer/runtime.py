@@ -273,7 +273,7 @@ class DecoderRuntime:
     def max_prompt_length(self) -> int:
         """The longest prompt this artifact encodes: with chunked-prefill graphs, all but the last cache position
         (left for the first generated token); without them, the largest prompt bucket."""
-        return max_prompt_length(self.config)
+        return self.config.max_prompt_length
 
     @property
     def vocab_size(self) -> int | None:
@@ -396,10 +396,6 @@ class DecoderRuntime:
 
 
 # ---- chunked prefill and KV copies: the checks both runtimes (this one, MultiRankRuntime) run before any rank does
-def max_prompt_length(config: NeuronConfig) -> int:
-    return config.sequence_length - 1 if config.chunk_buckets else config.max_context_length
-
-
 def _check_slot(config: NeuronConfig, slot: int, what: str) -> None:
     if not 0 <= slot < config.batch_size:
         raise ValueError(f"{what} {slot!r} is outside the compiled batch (0..{config.batch_size - 1})")

@@ -109,7 +109,7 @@ def check_request(params: Any, prompt_len: int | None, neuron: NeuronConfig) -> 
     sp = params
     if not hasattr(sp, "temperature"):
         raise _fail("task", type(sp).__name__, "only text generation", "send a completion or chat request")
-    limit = neuron.sequence_length - 1 if neuron.chunk_buckets else neuron.max_context_length
+    limit = neuron.max_prompt_length
     if prompt_len is not None and prompt_len > limit:
         if neuron.chunk_buckets:
             raise _fail("prompt length", prompt_len, f"at most sequence_length - 1 = {limit} tokens",

@@ -280,9 +280,9 @@ class NeuronModelRunner:
                                "this artifact encodes")
         if self.sampling is None:  # (past the largest bucket or a reused prefix the host picks: BatchExecutor)
             out = torch.tensor(self.executor.prefill(seq.slot, seq.token_ids, seq.sampler, start=start).token)
-        elif start == 0 and n <= self.config.max_context_length and seq.num_prompt_logprobs is None:
-            out = self.executor.prefill_raw(seq.slot, torch.tensor(seq.token_ids, dtype=torch.long)).float()
-        else:
+        elif seq.num_prompt_logprobs is None:
+            out = self.executor.prefill_logits(seq.slot, seq.token_ids, start)
+        else:  # every position's logits: the chunked-prefill graphs
             logits = self.executor.encode(seq.slot, seq.token_ids[start:], start)
             self._prompt_logprobs(seq, logits, start)
             out = logits[-1]

@@ -116,17 +116,23 @@ class BatchExecutor:
         the context-encoding graph when start is 0 and the prompt fits a prompt bucket, else in chunks (the
         token is then picked on the host with the same sampler, also for an on-device-sampling artifact)."""
         ids = torch.as_tensor(prompt, dtype=torch.long).view(-1)
+        if self.on_device_sampling and not start and ids.numel() <= self.config.max_context_length:
+            out = self.prefill_raw(slot, ids, sampler.device_row(), sampler.uniform())
+            return StepResult(int(out.reshape(-1)[0]), None)
+        logits = self.prefill_logits(slot, ids, start)
+        return StepResult(sampler.pick(logits), logits)
+
+    def prefill_logits(self, slot: int, prompt: list[int] | torch.Tensor, start: int = 0) -> torch.Tensor:
+        """`prefill` without picking: float32 logits (vocab,) at the prompt's last token. The context-encoding graph
+        when start is 0 and the prompt fits a bucket (and the graph returns logits), else the chunked-prefill
+        graphs, which return logits on every artifact."""
+        ids = torch.as_tensor(prompt, dtype=torch.long).view(-1)
         if not 0 <= start < ids.numel():
             raise ValueError(f"start={start}: the prompt has {ids.numel()} tokens, and at least the last one must be "
                              "encoded now (0 <= start < len(prompt))")
-        if start or ids.numel() > self.config.max_context_length:
-            logits = self.encode(slot, ids[start:], start)[-1]
-            return StepResult(sampler.pick(logits), logits)
-        if self.on_device_sampling:
-            out = self.prefill_raw(slot, ids, sampler.device_row(), sampler.uniform())
-            return StepResult(int(out.reshape(-1)[0]), None)
-        logits = self.prefill_raw(slot, ids).float()
-        return StepResult(sampler.pick(logits), logits)
+        if start or ids.numel() > self.config.max_context_length or self.on_device_sampling:
+            return self.encode(slot, ids[start:], start)[-1]
+        return self.prefill_raw(slot, ids).float()
 
     def encode(self, slot: int, tokens: list[int] | torch.Tensor, start: int) -> torch.Tensor:
         """Encode tokens at positions start.. of `slot` (its KV positions [0, start) already valid) without picking

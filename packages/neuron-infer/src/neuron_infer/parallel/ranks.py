@@ -172,9 +172,7 @@ class MultiRankRuntime:
 
     @property
     def max_prompt_length(self) -> int:
-        from neuron_infer.runtime import max_prompt_length
-
-        return max_prompt_length(self.config)
+        return self.config.max_prompt_length
 
     def warmup(self) -> None:
         self._call("warmup")
