@@ -23,7 +23,7 @@ Mutation = Callable[[dict[str, Any]], None]
 ROOT_FIELDS = (
     "schema_version, producer, task, model_type, architecture, checkpoint_id, checkpoint_revision, batch_size, "
     "max_batch_size, continuous_batching, sequence_length, max_context_length, context_buckets, chunk_buckets, "
-    "tensor_parallel_size, torch_dtype, on_device_sampling, max_topk, speculation_length, quantization, target, "
+    "batch_buckets, pooling, tensor_parallel_size, torch_dtype, on_device_sampling, max_topk, speculation_length, quantization, target, "
     "graphs, weights, state, metadata"
 )
 GRAPH_FIELDS = "file, sha256, role, bucket, rows, inputs, outputs, mutated_state"
@@ -208,7 +208,8 @@ MALFORMED = [
     # ---- enums, reserved fields, sharding ----------------------------------------------------
     case("bad-task", put(("task",), "text2text-generation"), "task",
          "field 'task' = 'text2text-generation': not a recognised value. Allowed: 'text-generation', "
-         "'feature-extraction', 'sentence-similarity', 'fill-mask', 'text-classification'."),
+         "'feature-extraction', 'sentence-similarity', 'fill-mask', 'text-classification', 'token-classification', "
+         "'question-answering'."),
     case("bad-dtype", put(("torch_dtype",), "fp16"), "torch_dtype",
          "field 'torch_dtype' = 'fp16': not a recognised value. Allowed: 'float32', 'bfloat16', 'float16'."),
     case("bad-role", put((*TG, "role"), "decode"), "graphs.token_generation.role",

@@ -27,7 +27,12 @@ from neuron_cache.typed import dataclass_from_json, from_json, to_json
 SCHEMA_VERSION = 1
 CONFIG_NAME = "neuron_config.json"
 
-TASKS = ("text-generation", "feature-extraction", "sentence-similarity", "fill-mask", "text-classification")
+TASKS = ("text-generation", "feature-extraction", "sentence-similarity", "fill-mask", "text-classification",
+         "token-classification", "question-answering")
+# Tasks run by encoder graphs (role "encoder"): one pass over a padded (rows, sequence) batch, no KV cache.
+ENCODER_TASKS = tuple(t for t in TASKS if t != "text-generation")
+# sentence-transformers' Pooling modes (pooling_mode_*), plus last_token for decoder embedders (Qwen3-Embedding).
+POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len_tokens", "last_token")
 DTYPES = ("float32", "bfloat16", "float16")
 # The max |logit difference| against transformers an artifact of each dtype is validated at, unless told
 # otherwise (`neuron-export --atol`, `neuron-infer validate --atol`).
@@ -88,12 +93,14 @@ class GraphEntry:
         default=None,
         metadata={"minimum": 1, "description": "context_encoding: the prompt bucket; token_generation: the KV positions "
                                                "it attends over (null: all sequence_length of them); chunked_prefill: "
-                                               "the chunk length"},
+                                               "the chunk length; encoder: the sequence length (one of "
+                                               "context_buckets)"},
     )
     rows: int | None = field(
         default=None,
         metadata={"minimum": 1, "description": "token_generation over this many of the slots, named by its seq_ids "
-                                               "input (other slots untouched); null: every slot"},
+                                               "input (other slots untouched); null: every slot. encoder: the "
+                                               "batch rows of the graph (one of batch_buckets)"},
     )
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
@@ -230,6 +237,19 @@ class Quantization:
 
 
 @dataclass(kw_only=True, slots=True)
+class Pooling:
+    """How an embedding artifact turns token states into one vector per input, as sentence-transformers' Pooling and
+    Normalize modules do. The encoder graph pools (its `sentence_embedding` output); the runtime normalizes."""
+
+    mode: str = field(metadata={"enum": list(POOLING_MODES)})
+    normalize: bool = field(
+        default=False, metadata={"description": "the model's embeddings are L2-normalized (a Normalize module, or "
+                                                "a decoder embedder's recipe): what encode() and /v1/embeddings "
+                                                "return by default"},
+    )
+
+
+@dataclass(kw_only=True, slots=True)
 class WeightsSpec:
     """The weight files (bound to the graphs at load) and the per-parameter sharding plan."""
 
@@ -265,6 +285,17 @@ class NeuronConfig:
         metadata={"items": {"minimum": 1}, "omit_default": True,
                   "description": "chunk lengths of the chunked_prefill graphs (a chunk of a prompt encoded at any offset "
                                  "into a slot's KV cache); absent or empty: no chunked prefill"},
+    )
+    batch_buckets: list[int] = field(
+        default_factory=list,
+        metadata={"items": {"minimum": 1}, "omit_default": True,
+                  "description": "encoder tasks: the batch rows of the encoder graphs, strictly increasing and ending "
+                                 "at batch_size; absent or empty: [batch_size]"},
+    )
+    pooling: Pooling | None = field(
+        default=None, metadata={"omit_default": True,
+                                "description": "feature-extraction: how token states pool into sentence embeddings "
+                                               "(the sentence_embedding output); null: token states only"},
     )
     tensor_parallel_size: int = field(default=1, metadata={"minimum": 1})
     torch_dtype: str = field(metadata={"enum": list(DTYPES)})
@@ -337,6 +368,8 @@ class NeuronConfig:
             self._validate_graph(name, graph)
         if self.task == "text-generation":
             self._validate_decoder_graphs()
+        else:
+            self._validate_encoder()
         self._validate_rank_files()
         for name, spec in self.weights.sharding.items():
             if spec.segments is not None and spec.partition_dim is None:
@@ -436,7 +469,15 @@ class NeuronConfig:
                     allowed=f"1..{self.sequence_length - 1}, or null for a graph over the whole KV cache",
                     fix="re-export the model",
                 )
-        elif graph.bucket is not None and graph.role != "encoder":
+        elif graph.role == "encoder":
+            if graph.bucket not in self.context_buckets or graph.rows not in self.encoder_batch_buckets:
+                raise NeuronConfigError(
+                    f"{path}", f"bucket={graph.bucket} rows={graph.rows}", "is not a (batch, sequence) bucket pair",
+                    allowed=f"rows in {self.encoder_batch_buckets}, bucket in {self.context_buckets}",
+                    fix="re-export the model",
+                )
+            return
+        elif graph.bucket is not None:
             raise NeuronConfigError(
                 f"{path}.bucket", graph.bucket, f"must be null for role '{graph.role}'", allowed="null",
                 fix="only context_encoding, token_generation (KV length), chunked_prefill and encoder graphs have a "
@@ -479,6 +520,53 @@ class NeuronConfig:
                                     f"{short} but none of them over the whole KV cache",
                                     allowed="for each rows value, a token_generation graph with bucket null",
                                     fix="re-export the model")
+
+    def _validate_encoder(self) -> None:
+        """An encoder artifact: encoder graphs only, one for every (batch bucket, sequence bucket) pair, no KV cache."""
+        wrong = sorted(n for n, g in self.graphs.items() if g.role != "encoder")
+        if wrong:
+            raise NeuronConfigError("graphs", wrong, f"are not encoder graphs, but task is '{self.task}'",
+                                    allowed="role 'encoder' only", fix="re-export the model")
+        for name, value, allowed in (("chunk_buckets", self.chunk_buckets, []), ("state", self.state, []),
+                                     ("on_device_sampling", self.on_device_sampling, False),
+                                     ("speculation_length", self.speculation_length, 0)):
+            if value != allowed:
+                raise NeuronConfigError(name, value, f"has no meaning for task '{self.task}' (an encoder has no KV "
+                                        "cache and samples nothing)", allowed=repr(allowed), fix=f"drop {name}")
+        if self.sequence_length != self.max_context_length:
+            raise NeuronConfigError("sequence_length", self.sequence_length, "must equal max_context_length "
+                                    f"({self.max_context_length}) for an encoder: its longest input",
+                                    allowed=str(self.max_context_length), fix="re-export the model")
+        rows = self.batch_buckets
+        if rows and (sorted(set(rows)) != rows or rows[-1] != self.batch_size):
+            raise NeuronConfigError("batch_buckets", rows, f"must be strictly increasing and end at batch_size "
+                                    f"({self.batch_size})", allowed=f"e.g. [1, {self.batch_size}]",
+                                    fix="re-export the model")
+        have = {(g.rows, g.bucket) for g in self.graphs.values()}
+        missing = [(r, b) for r in self.encoder_batch_buckets for b in self.context_buckets if (r, b) not in have]
+        if missing:
+            raise NeuronConfigError("graphs", sorted(self.graphs), f"lacks encoder graphs for (rows, bucket) {missing}",
+                                    allowed="a graph for every batch bucket and sequence bucket",
+                                    fix="re-export the model")
+        if self.pooling is not None and self.task not in ("feature-extraction", "sentence-similarity"):
+            raise NeuronConfigError("pooling", self.pooling.mode, f"applies to feature-extraction, not '{self.task}'",
+                                    allowed="null", fix="drop pooling")
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.task in ENCODER_TASKS
+
+    @property
+    def encoder_batch_buckets(self) -> list[int]:
+        """The encoder graphs' batch rows, smallest first."""
+        return list(self.batch_buckets) or [self.batch_size]
+
+    def encoder_graph(self, rows: int, length: int) -> str:
+        """The encoder graph of the smallest batch bucket >= rows and the smallest sequence bucket >= length."""
+        batch = min((r for r in self.encoder_batch_buckets if r >= rows), default=None)
+        if batch is None:
+            raise ValueError(f"{rows} rows exceed batch_size={self.batch_size}; split the batch")
+        return self.graph_for("encoder", bucket=self.bucket_for(length), rows=batch)
 
     def graph_for(self, role: str, *, bucket: int | None = None, rows: int | None = None) -> str:
         """The name of the graph with this role, bucket and row count (validate() made sure it exists)."""
