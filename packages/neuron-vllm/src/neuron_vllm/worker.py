@@ -21,6 +21,7 @@ from neuron_cache import Artifact
 from neuron_infer import load_runtime
 from neuron_infer.engine import BatchExecutor
 from neuron_vllm import kv_layout
+from neuron_vllm.encoder_runner import EncoderModelRunner
 from neuron_vllm.runner import NeuronModelRunner
 from neuron_vllm.sampling import HostSampling
 
@@ -128,3 +129,50 @@ class NeuronWorker(WorkerBase):
 
     def shutdown(self) -> None:
         self.runner = None
+
+
+class NeuronEncoderWorker(NeuronWorker):
+    """The worker for an embedding artifact (vLLM's pooling runner): no KV cache, one encoder pass per step."""
+
+    runner: EncoderModelRunner | None = None
+
+    def load_model(self, *, load_dummy_weights: bool = False) -> None:
+        if load_dummy_weights:
+            raise ValueError("neuron-vllm loads the artifact's exported weights; load_format='dummy' is not supported")
+        from neuron_infer import EncoderRuntime
+
+        t = time.perf_counter()
+        artifact = Artifact.open(self.model_config.model)
+        runtime = EncoderRuntime(artifact, trust_remote_code=bool(self.model_config.trust_remote_code))
+        pooling = artifact.config.pooling
+        self.runner = EncoderModelRunner(runtime, normalize=bool(pooling and pooling.normalize))
+        logger.info("neuron-vllm: loaded embedding artifact %s in %.1f s (up to %d inputs of %d tokens per step)",
+                    self.model_config.model, time.perf_counter() - t, runtime.max_rows, runtime.max_length)
+
+    def compile_or_warm_up_model(self) -> CompilationTimes:
+        t = time.perf_counter()
+        warmup = getattr(self.runner.runtime, "warmup", None)
+        if warmup is not None:
+            warmup()
+        return CompilationTimes(language_model=time.perf_counter() - t, encoder=0.0)
+
+    # An encoder keeps no cache: an empty spec makes vLLM allocate none, schedule prompts whole and never preempt.
+    def get_kv_cache_spec(self) -> dict[str, Any]:
+        return {}
+
+    def determine_available_memory(self) -> int:
+        return 0
+
+    def initialize_from_config(self, kv_cache_config: Any) -> None:
+        return None
+
+    def get_supported_tasks(self) -> tuple[str, ...]:
+        return ("embed",)
+
+    def execute_model(self, scheduler_output: Any) -> ModelRunnerOutput:
+        return self.runner.execute_model(scheduler_output)
+
+    def sample_tokens(self, grammar_output: Any) -> ModelRunnerOutput:
+        from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT
+
+        return EMPTY_MODEL_RUNNER_OUTPUT  # never called: execute_model always answers
