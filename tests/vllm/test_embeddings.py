@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ import openai
 import pytest
 import torch
 from vllm.pooling_params import PoolingParams
+from vllm_testlib import run_worker
 
 from neuron_vllm.checks import UnsupportedSettingError, check_pooling_request, served_runner
 from neuron_vllm.encoder_runner import EncoderModelRunner
@@ -218,3 +220,23 @@ def test_serve_refuses_an_encoder_artifact_that_is_not_an_embedder(minilm_artifa
     command = server_command(minilm_artifact, ServeOptions(model=str(minilm_artifact)))
     assert " ".join(command).endswith("--runner pooling --convert embed --max-model-len 128 "
                                       "--max-num-batched-tokens 1024")
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_engine_config_of_an_embedding_artifact(minilm_artifact, tmp_path):
+    """What the platform decides for vLLM's own engine arguments (no engine started)."""
+    ok = {"runner": "pooling", "max_model_len": 128, "max_num_seqs": 8, "dtype": "float32"}
+    auto = {k: v for k, v in ok.items() if k != "runner"}  # vLLM's own choice for BertModel is pooling
+    cases = [ok, auto, {**ok, "runner": "generate"}, {**ok, "enable_chunked_prefill": True, "max_num_batched_tokens": 64},
+             {**ok, "max_model_len": 256}]
+    (tmp_path / "cases.json").write_text(json.dumps([{"model": str(minilm_artifact), "args": a} for a in cases]))
+    run_worker("engine_config.py", [str(tmp_path / "cases.json"), str(tmp_path / "out.json")], timeout=180)
+    results = json.loads((tmp_path / "out.json").read_text())["results"]
+    for result in results[:2]:
+        assert result.get("worker_cls") == "neuron_vllm.worker.NeuronEncoderWorker" and not result["prefix_caching"]
+    # (vLLM refuses --runner generate for BertModel itself; ours names the runner for a model vLLM would accept)
+    for result, pattern in zip(results[2:], [r"runner='generate' .*pass --runner pooling|not support `--runner generate",
+                                             r"max_num_batched_tokens=64 .*at least max_model_len=128",
+                                             r"max_model_len=256 .*sequence_length=128"]):
+        assert re.search(pattern, result.get("error", "")), result

@@ -78,6 +78,8 @@ def check_engine_config(vllm_config: Any, neuron: NeuronConfig, root: str) -> No
     if model.runner_type != runner:
         raise _fail("runner", model.runner_type, f"the artifact (task '{neuron.task}') runs as '{runner}'",
                     f"pass --runner {runner}, or start it with `neuron-vllm serve`, which does")
+    # vLLM checks this itself unless --enable-chunked-prefill is given; the platform turns that off (no KV cache to
+    # chunk into), after which a longer input would never be scheduled.
     if runner == "pooling" and sched.max_num_batched_tokens < model.max_model_len:
         raise _fail("max_num_batched_tokens", sched.max_num_batched_tokens,
                     f"at least max_model_len={model.max_model_len}: an embedding input is never split",
