@@ -2,7 +2,8 @@
 
 vLLM resolves the platform once per process, before any model is known (register() takes no
 arguments), so this class must serve every model: for a directory holding neuron_config.json it
-installs the neuron worker and checks vLLM's settings against the compiled shapes; for anything
+installs the neuron worker (the encoder worker for an embedding artifact, which vLLM runs
+with its pooling runner) and checks vLLM's settings against the compiled shapes; for anything
 else it defers entirely to CpuPlatform, so installing neuron-vllm changes nothing for other models.
 """
 
