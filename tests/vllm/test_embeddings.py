@@ -198,6 +198,20 @@ def test_base64_encoding_decodes_to_the_same_vectors(client, sentence_transforme
 
 @pytest.mark.vllm
 @pytest.mark.slow
+def test_score_is_the_cosine_of_the_embeddings(minilm_server, sentence_transformer):
+    """vLLM's /score on an embedding model: cosine similarity of its embeddings, here our runner's."""
+    import httpx
+
+    reply = httpx.post(f"{minilm_server.url}/score", timeout=120,
+                       json={"model": NAME, "text_1": TEXTS[0], "text_2": TEXTS[1:4]}).json()
+    got = torch.tensor([d["score"] for d in sorted(reply["data"], key=lambda d: d["index"])])
+    ref = sentence_transformer.encode(TEXTS[:4], convert_to_tensor=True)
+    want = torch.nn.functional.cosine_similarity(ref[:1], ref[1:])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_inputs_over_the_compiled_length_are_refused_with_400(client):
     with pytest.raises(openai.BadRequestError, match="maximum context length is 128"):
         client.embeddings.create(model=NAME, input="word " * 200)
