@@ -243,7 +243,7 @@ def test_engine_config_of_an_embedding_artifact(minilm_artifact, tmp_path):
     ok = {"runner": "pooling", "max_model_len": 128, "max_num_seqs": 8, "dtype": "float32"}
     auto = {k: v for k, v in ok.items() if k != "runner"}  # vLLM's own choice for BertModel is pooling
     cases = [ok, auto, {**ok, "runner": "generate"}, {**ok, "enable_chunked_prefill": True, "max_num_batched_tokens": 64},
-             {**ok, "max_model_len": 256}]
+             {**ok, "max_model_len": 256}, {**ok, "enable_prompt_embeds": True}]
     (tmp_path / "cases.json").write_text(json.dumps([{"model": str(minilm_artifact), "args": a} for a in cases]))
     run_worker("engine_config.py", [str(tmp_path / "cases.json"), str(tmp_path / "out.json")], timeout=180)
     results = json.loads((tmp_path / "out.json").read_text())["results"]
@@ -252,5 +252,6 @@ def test_engine_config_of_an_embedding_artifact(minilm_artifact, tmp_path):
     # (vLLM refuses --runner generate for BertModel itself; ours names the runner for a model vLLM would accept)
     for result, pattern in zip(results[2:], [r"runner='generate' .*pass --runner pooling|not support `--runner generate",
                                              r"max_num_batched_tokens=64 .*at least max_model_len=128",
-                                             r"max_model_len=256 .*sequence_length=128"]):
+                                             r"max_model_len=256 .*sequence_length=128",
+                                             r"enable_prompt_embeds=True .*token ids"]):
         assert re.search(pattern, result.get("error", "")), result

@@ -85,6 +85,8 @@ def check_engine_config(vllm_config: Any, neuron: NeuronConfig, root: str) -> No
                     f"at least max_model_len={model.max_model_len}: an embedding input is never split",
                     f"pass --max-num-batched-tokens {neuron.batch_size * model.max_model_len} (batch_size x "
                     "max_model_len lets every step hold a full batch)")
+    if runner == "pooling" and model.enable_prompt_embeds:
+        raise _fail("enable_prompt_embeds", True, "the encoder graphs take token ids", "drop --enable-prompt-embeds")
     if model.quantization is not None:
         raise _fail("quantization", model.quantization, "weights are as exported", "drop --quantization")
 
