@@ -36,7 +36,9 @@ def _signature(job: GraphJob, ep: torch.export.ExportedProgram) -> tuple[list, l
     out_node = next(n for n in ep.graph.nodes if n.op == "output")
     user_outputs = ep.graph_signature.user_outputs
     values = [a.meta["val"] for a in out_node.args[0] if getattr(a, "name", None) in user_outputs]
-    names = ["tokens" if v.dtype == torch.int64 else "logits" for v in values]
+    names = job.output_names or ["tokens" if v.dtype == torch.int64 else "logits" for v in values]
+    if len(names) != len(values):
+        raise ValueError(f"graph {job.name} returns {len(values)} outputs, but is named {names}")
     outputs = [tensor_spec(n, v) for n, v in zip(names, values)]
     mutated = sorted(set(ep.graph_signature.buffers_to_mutate.values()))
     return inputs, outputs, mutated
