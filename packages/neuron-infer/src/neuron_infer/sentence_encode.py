@@ -37,13 +37,14 @@ class SentenceEncoder:
 
     @property
     def max_seq_length(self) -> int:
-        """The longest input encode() passes: the artifact's, or sentence-transformers' max_seq_length if smaller."""
-        limit = self.runtime.max_length
+        """The longest input encode() passes: the artifact's, or sentence-transformers' max_seq_length if smaller
+        (sentence_bert_config.json up to sentence-transformers 5; from 6 on, the tokenizer's model_max_length)."""
+        limits = [self.runtime.max_length, self.tokenizer.model_max_length]
         try:
-            st = json.loads((self.runtime.root / "sentence_bert_config.json").read_text()).get("max_seq_length")
+            limits.append(json.loads((self.runtime.root / "sentence_bert_config.json").read_text()).get("max_seq_length"))
         except (OSError, ValueError, AttributeError):
-            st = None
-        return min(limit, st) if isinstance(st, int) and st > 0 else limit
+            pass
+        return min(n for n in limits if isinstance(n, int) and n > 0)
 
     def encode(self, sentences: str | list[str], batch_size: int = 32, normalize_embeddings: bool | None = None,
                convert_to_numpy: bool = True, convert_to_tensor: bool = False, show_progress_bar: bool = False,
@@ -62,8 +63,9 @@ class SentenceEncoder:
         texts = [sentences] if single else list(sentences)
         if prompt:
             texts = [prompt + t for t in texts]
-        embeddings = [self.runtime.embed(self._token_ids(texts[i:i + batch_size], truncate), normalize_embeddings)
-                      for i in range(0, len(texts), batch_size)]
+        ids = self._token_ids(texts, truncate)  # all at once: one warning that counts every truncated input
+        embeddings = [self.runtime.embed(ids[i:i + batch_size], normalize_embeddings)
+                      for i in range(0, len(ids), batch_size)]
         out = torch.cat(embeddings) if embeddings else torch.zeros(0, 0)
         if single:
             out = out[0]
@@ -77,7 +79,8 @@ class SentenceEncoder:
             self._end_token = self._eos_to_append()
         eos = self._end_token
         room = limit - (eos is not None)
-        ids = self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        # verbose=False: transformers' own "longer than the maximum" message would warn without counting
+        ids = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         long = [i for i, row in enumerate(ids) if len(row) > room]
         if long and not truncate:
             raise ValueError(f"{len(long)} of {len(texts)} inputs exceed max_seq_length={limit} tokens (the first: "
