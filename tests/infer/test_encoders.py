@@ -281,3 +281,28 @@ def test_runtime_interface(encoders):
         runtime.warmup()
     out = runtime.run(torch.tensor([[2, 5, 6, 3]]))
     assert out["start_logits"].shape == (1, 4)
+
+
+def test_save_pretrained_round_trip(encoders, tmp_path):
+    ckpt, art = encoders.get("token-classification")
+    saved = NeuronModelForTokenClassification.from_pretrained(art).save_pretrained(tmp_path / "copy")
+    batch = tokenize(saved, SENTENCES[:2])
+    got = NeuronModelForTokenClassification.from_pretrained(saved)(**batch).logits
+    want = eager(ckpt, "token-classification", batch).logits
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], want[mask], atol=ATOL, rtol=1e-4)
+
+
+def test_runtime_embed_matches_sentence_transformers(sentence_artifact):
+    from sentence_transformers import SentenceTransformer
+
+    folder, art = sentence_artifact
+    st = SentenceTransformer(str(folder), device="cpu")
+    runtime = NeuronModelForFeatureExtraction.from_pretrained(art).runtime
+    tok = transformers.AutoTokenizer.from_pretrained(art)
+    ids = [tok(t)["input_ids"] for t in SENTENCES[:5]]  # 5 rows: 4 + 1
+    got = runtime.embed(ids)  # normalize None: the model's Normalize module
+    assert abs(got.numpy() - st.encode(SENTENCES[:5])).max() < 1e-5
+    raw = runtime.embed(ids, normalize=False)
+    torch.testing.assert_close(torch.nn.functional.normalize(raw, dim=-1), got)
+    assert (raw.norm(dim=-1) - 1).abs().max() > 1e-2

@@ -163,15 +163,13 @@ def _spec(t: Any) -> dict:
 def encoder_artifact(checkpoint: Path, out: Path, task: str, **shapes: Any) -> Path:
     """The artifact of `checkpoint` for `task`: batch 4 (buckets 1, 4), sequence 32 (buckets 16, 32)."""
     shapes = {"batch_buckets": [1, 4], "context_buckets": [16, 32], **shapes}
-    try:
-        from neuron_export.export import ExportOptions, export
+    from neuron_export.export import ExportOptions, export
 
+    if "batch_buckets" in ExportOptions.__dataclass_fields__:  # (absent while neuron-export exports decoders only)
         export(ExportOptions(model=str(checkpoint), output=str(out), task="auto", batch_size=shapes["batch_buckets"][-1],
                              sequence_length=shapes["context_buckets"][-1], backend="torch-export", compile_workers=0,
                              **shapes), log=lambda _m: None)
         return out
-    except TypeError:  # (no batch_buckets option: this neuron-export exports decoders only)
-        pass
     pooling = None
     modules = checkpoint / "modules.json"
     if modules.is_file():  # a sentence-transformers folder: its Transformer module is at the root
