@@ -494,6 +494,11 @@ class NeuronConfig:
 
     def _validate_decoder_graphs(self) -> None:
         """A decoder runs every bucket and the full batch: each must have its graph (not only be named)."""
+        encoders = sorted(n for n, g in self.graphs.items() if g.role == "encoder")
+        if encoders:
+            raise NeuronConfigError("graphs", encoders, "are encoder graphs, but task is 'text-generation'",
+                                    allowed="context_encoding, token_generation, chunked_prefill and speculation graphs",
+                                    fix="re-export the model")
         have = {g.bucket for g in self.graphs.values() if g.role == "context_encoding"}
         missing = [b for b in self.context_buckets if b not in have]
         if missing:
