@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,7 +95,9 @@ class EncoderRuntime(BoundArtifact):
         return embeddings
 
     # ---- input checks --------------------------------------------------------------------------
-    def _check_inputs(self, input_ids, attention_mask, token_type_ids):
+    def _check_inputs(self, input_ids: Any, attention_mask: Any, token_type_ids: Any
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(n, L) int64 host tensors, refused by name when the compiled graphs could not take them safely."""
         ids = _as_rows(input_ids, "input_ids")
         n, width = ids.shape
         mask = torch.ones_like(ids) if attention_mask is None else _as_rows(attention_mask, "attention_mask")
@@ -133,7 +136,7 @@ class EncoderRuntime(BoundArtifact):
         return ids, mask, token_type_ids
 
 
-def _as_rows(value, name: str) -> torch.Tensor:
+def _as_rows(value: Any, name: str) -> torch.Tensor:
     tensor = torch.as_tensor(value).cpu()
     if tensor.dim() == 1:
         tensor = tensor.unsqueeze(0)
