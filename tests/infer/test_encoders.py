@@ -306,3 +306,15 @@ def test_runtime_embed_matches_sentence_transformers(sentence_artifact):
     raw = runtime.embed(ids, normalize=False)
     torch.testing.assert_close(torch.nn.functional.normalize(raw, dim=-1), got)
     assert (raw.norm(dim=-1) - 1).abs().max() > 1e-2
+
+
+def test_token_type_ids_checked_and_used(encoders):
+    ckpt, art = encoders.get("text-classification")
+    model = NeuronModelForSequenceClassification.from_pretrained(art)
+    batch = dict(transformers.AutoTokenizer.from_pretrained(art)(["i love this movie"], ["what a great film"],
+                                                                 padding=True, return_tensors="pt"))
+    assert batch["token_type_ids"].any()  # a pair: segment B is 1
+    torch.testing.assert_close(model(**batch).logits, eager(ckpt, "text-classification", batch).logits, atol=ATOL,
+                               rtol=1e-4)
+    with pytest.raises(ValueError, match=r"token_type_ids must lie in \[0, 2\)"):
+        model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"] * 2)

@@ -18,8 +18,10 @@ from neuron_cache.signature import GraphSignature
 from neuron_infer.encoder_batching import is_per_token, run_batched
 from neuron_infer.runtime import BoundArtifact, check_host
 
-# Graph constants that hold the token embedding, when a graph's signature does not record vocab_size.
+# Graph constants that hold the token embedding, when a graph's signature does not record vocab_size, and the
+# token-type (segment) embedding.
 EMBEDDING_SUFFIXES = ("word_embeddings.weight", "embed_tokens.weight")
+TOKEN_TYPE_SUFFIX = "token_type_embeddings.weight"
 
 
 def check_encoder(config: NeuronConfig, root: Path) -> None:
@@ -45,6 +47,7 @@ class EncoderRuntime(BoundArtifact):
         self.input_names: list[str] = list(smallest.input_names)
         self.output_names: list[str] = list(smallest.output_names)
         self.vocab_size = _vocab_size(smallest.signature)
+        self.type_vocab_size = _type_vocab_size(smallest.signature)
         self.pad_token_id = _pad_token_id(self.root)
         if self.vocab_size is not None and self.pad_token_id >= self.vocab_size:
             self.pad_token_id = 0  # config.json is editable: its pad id must not index past the embedding either
@@ -130,9 +133,10 @@ class EncoderRuntime(BoundArtifact):
                     raise ValueError(f"{self.root}: this model takes no token_type_ids, but they are not all 0; "
                                      "drop them (its tokenizer does not produce them)")
                 token_type_ids = None
-            elif int(token_type_ids.min()) < 0 or int(token_type_ids.max()) > 1:
+            elif int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= self.type_vocab_size:
                 # The compiled embedding indexes its token-type table without bounds checks.
-                raise ValueError("token_type_ids must be 0 or 1 (segment A or B)")
+                raise ValueError(f"token_type_ids must lie in [0, {self.type_vocab_size}) (this model's segments), "
+                                 f"got {int(token_type_ids.min())}..{int(token_type_ids.max())}")
         return ids, mask, token_type_ids
 
 
@@ -154,6 +158,12 @@ def _vocab_size(signature: GraphSignature) -> int | None:
         if name.endswith(EMBEDDING_SUFFIXES):
             return int(spec.shape[0])
     return None
+
+
+def _type_vocab_size(signature: GraphSignature) -> int:
+    """How many segment ids the compiled token-type table holds (2, BERT's, when no constant says)."""
+    return next((int(spec.shape[0]) for name, spec in signature.constants.items() if name.endswith(TOKEN_TYPE_SUFFIX)),
+                2)
 
 
 def _pad_token_id(root: Path) -> int:
