@@ -20,8 +20,9 @@ from neuron_infer.runtime import BoundArtifact, check_host
 
 # Graph constants that hold the token embedding, when a graph's signature does not record vocab_size, and the
 # token-type (segment) embedding.
-EMBEDDING_SUFFIXES = ("word_embeddings.weight", "embed_tokens.weight")
-TOKEN_TYPE_SUFFIX = "token_type_embeddings.weight"
+# (transformers' names, and neuron-export's encoder modules': embeddings.word / embeddings.token_type)
+EMBEDDING_SUFFIXES = ("word_embeddings.weight", "embed_tokens.weight", "embeddings.word.weight")
+TOKEN_TYPE_SUFFIXES = ("token_type_embeddings.weight", "embeddings.token_type.weight")
 
 
 def check_encoder(config: NeuronConfig, root: Path) -> None:
@@ -162,7 +163,7 @@ def _vocab_size(signature: GraphSignature) -> int | None:
 
 def _type_vocab_size(signature: GraphSignature) -> int:
     """How many segment ids the compiled token-type table holds (2, BERT's, when no constant says)."""
-    return next((int(spec.shape[0]) for name, spec in signature.constants.items() if name.endswith(TOKEN_TYPE_SUFFIX)),
+    return next((int(spec.shape[0]) for name, spec in signature.constants.items() if name.endswith(TOKEN_TYPE_SUFFIXES)),
                 2)
 
 
