@@ -185,6 +185,7 @@ def test_encode_matches_sentence_transformers(sentence_artifact):
     assert isinstance(tensor, torch.Tensor) and tensor.shape == (2, 32)
     with pytest.raises(ValueError, match="exceed max_seq_length=24"):
         model.encode(texts, truncate=False)
+    assert model.encode([]).shape == (0, 32)  # (sentence-transformers 6: (0,))
 
 
 def test_encode_unnormalized_is_the_pooled_mean(sentence_artifact):

@@ -63,15 +63,21 @@ class SentenceEncoder:
         texts = [sentences] if single else list(sentences)
         if prompt:
             texts = [prompt + t for t in texts]
-        ids = self._token_ids(texts, truncate)  # all at once: one warning that counts every truncated input
-        embeddings = [self.runtime.embed(ids[i:i + batch_size], normalize_embeddings)
-                      for i in range(0, len(ids), batch_size)]
-        out = torch.cat(embeddings) if embeddings else torch.zeros(0, 0)
+        if texts:
+            ids = self._token_ids(texts, truncate)  # all at once: one warning that counts every truncated input
+            out = torch.cat([self.runtime.embed(ids[i:i + batch_size], normalize_embeddings)
+                             for i in range(0, len(ids), batch_size)])
+        else:
+            out = torch.zeros(0, self._dimension())
         if single:
             out = out[0]
         if convert_to_tensor:
             return out
         return out.numpy() if convert_to_numpy else out  # (sentence-transformers' list of tensors: one tensor here)
+
+    def _dimension(self) -> int:
+        graph = next(iter(self.runtime.config.graphs.values()))
+        return next(int(t.shape[-1]) for t in graph.outputs if t.name == "sentence_embedding")
 
     def _token_ids(self, texts: list[str], truncate: bool) -> list[list[int]]:
         limit = self.max_seq_length
