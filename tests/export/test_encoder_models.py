@@ -11,6 +11,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from neuron_export.convert import tied_aliases
 from neuron_export.errors import MissingWeightsError, ShapeError, UnsupportedArchitectureError
 from neuron_export.models.encoders import encoder_family_for, encoder_task_for, supported_encoder_types
 from neuron_export.models.encoders.bert import Bert
@@ -234,6 +235,8 @@ def test_build_refusals_and_registry():
     assert encoder_task_for(["BertModel"]) == encoder_task_for(None) == "feature-extraction"
     _, model = build_encoder(CONFIGS["bert"](), "fill-mask", None, "bfloat16", 8)
     assert model.mlm.decoder.weight is model.embeddings.word.weight
+    assert model.embeddings.word.weight.dtype == torch.bfloat16
+    assert tied_aliases(model) == {"mlm.decoder.weight": "embeddings.word.weight"}
     assert model.output_specs(2, 8) == [{"name": "logits", "shape": [2, 8, 99], "dtype": "float32"}]
 
 

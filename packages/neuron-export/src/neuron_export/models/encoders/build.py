@@ -36,9 +36,9 @@ def build_encoder(hf_config: Any, task: str, pooling: str | None, dtype: str,
             f"{arch.position_offset} padding rows); use a sequence_length of at most {arch.max_sequence_length}"
         )
     with torch.device("meta"):
-        model = EncoderModel(arch, task, pooling, torch_dtype)
-    # Cast while on meta: allocated once, in the export dtype, untouched until the checkpoint is bound.
-    model = model.to(torch_dtype).to_empty(device="cpu")
+        model = EncoderModel(family, arch, task, pooling, torch_dtype)
+    # Built in the export dtype on meta: allocated once, untouched until the checkpoint is bound.
+    model = model.to_empty(device="cpu")
     model.tie_weights()  # to_empty gives every module its own tensor: tie again
     model.eval()
     return family, model

@@ -162,12 +162,16 @@ class SequenceClassifier(nn.Module):
 
 
 class EncoderModel(nn.Module):
+    """`family` (bert.py & co.) is kept for the checkpoint plan; the graph reads `arch`, `task` and `pooling`.
+    Parameters are created in `dtype` (a torch dtype or its name)."""
+
     tp = 1
 
-    def __init__(self, arch: EncoderArch, task: str, pooling: str | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(self, family: type, arch: EncoderArch, task: str, pooling: str | None = None,
+                 dtype: torch.dtype | str = torch.float32):
         super().__init__()
         check_task(task, pooling)
-        self.arch, self.task, self.pooling, self.dtype = arch, task, pooling, dtype
+        self.family, self.arch, self.task, self.pooling = family, arch, task, pooling
         self.embeddings = Embeddings(arch)
         self.layers = nn.ModuleList(EncoderLayer(arch) for _ in range(arch.num_layers))
         if arch.relative_attention_num_buckets:
@@ -181,6 +185,7 @@ class EncoderModel(nn.Module):
             self.token_classifier = nn.Linear(arch.hidden_size, arch.num_labels)
         elif task == "question-answering":
             self.qa_outputs = nn.Linear(arch.hidden_size, 2)
+        self.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
 
     def tie_weights(self) -> None:
         """One tensor for the word embeddings and the MLM decoder (to_empty unties them: call again)."""
