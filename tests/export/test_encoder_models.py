@@ -23,11 +23,13 @@ CONFIGS = {
     "bert": lambda: transformers.BertConfig(**TINY, type_vocab_size=2),
     "roberta": lambda: transformers.RobertaConfig(**TINY, pad_token_id=1),
     "xlm-roberta": lambda: transformers.XLMRobertaConfig(**TINY, pad_token_id=1),
+    "camembert": lambda: transformers.CamembertConfig(**TINY, pad_token_id=1),
     "distilbert": lambda: transformers.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
                                                         max_position_embeddings=40, num_labels=3),
     "mpnet": lambda: transformers.MPNetConfig(**TINY),
 }
-PREFIX = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta", "distilbert": "DistilBert",
+PREFIX = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta", "camembert": "Camembert",
+          "distilbert": "DistilBert",
           "mpnet": "MPNet"}
 CLASS = {"feature-extraction": "Model", "fill-mask": "ForMaskedLM", "text-classification": "ForSequenceClassification",
          "token-classification": "ForTokenClassification", "question-answering": "ForQuestionAnswering"}
@@ -129,6 +131,16 @@ def test_pooling_matches_sentence_transformers(mode, tmp_path):
     torch.testing.assert_close(got["sentence_embedding"][:-1], want["sentence_embedding"], atol=1e-4, rtol=1e-4)
 
 
+def test_mpnet_relative_buckets_match_transformers():
+    from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+
+    from neuron_export.models.encoders.model import relative_position_bucket
+
+    offsets = torch.arange(-300, 301)
+    torch.testing.assert_close(relative_position_bucket(offsets, 32),
+                               MPNetEncoder.relative_position_bucket(offsets, num_buckets=32), rtol=0, atol=0)
+
+
 class SwappedQK(Bert):
     """A wrong checkpoint plan (query and key exchanged): the comparison above must catch it."""
 
@@ -158,6 +170,13 @@ DECODERS = {
     "llama": (lambda: transformers.LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                                num_key_value_heads=2, intermediate_size=37,
                                                max_position_embeddings=64), "Llama"),
+    # qkv bias; a sliding window shorter than the batch's longest row
+    "qwen2": (lambda: transformers.Qwen2Config(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                               num_key_value_heads=2, intermediate_size=37,
+                                               max_position_embeddings=64), "Qwen2"),
+    "mistral": (lambda: transformers.MistralConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                                   num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
+                                                   max_position_embeddings=64, sliding_window=4), "Mistral"),
 }
 
 
