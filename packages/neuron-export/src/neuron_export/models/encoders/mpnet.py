@@ -28,6 +28,11 @@ class MPNet(Roberta):
 
     @classmethod
     def arch_overrides(cls, cfg: Any) -> dict[str, Any]:
+        if cfg.relative_attention_num_buckets < 32:  # transformers always buckets into 32 (model.py)
+            raise ValueError(
+                f"relative_attention_num_buckets is {cfg.relative_attention_num_buckets}; transformers' MPNet indexes "
+                "32 buckets whatever the config says, so a smaller table cannot run: use 32 (MPNet's default)"
+            )
         # MPNetEmbeddings hard-codes padding_idx = 1 (config.pad_token_id is not read there).
         return {"position_offset": 2, "pad_token_id": 1, "type_vocab_size": 0, "head_act": "gelu",
                 "relative_attention_num_buckets": cfg.relative_attention_num_buckets}
