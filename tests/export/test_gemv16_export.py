@@ -42,7 +42,7 @@ def checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
 @pytest.fixture(scope="module")
 def artifact(checkpoint, tmp_path_factory) -> Path:
     return export_tiny(checkpoint[0], tmp_path_factory.mktemp("gemv16") / "art", torch_dtype="bfloat16",
-                       backend="torch-aot", gemv16=True, context_buckets=[32], decode_batches=[])
+                       backend="torch-aot", gemv16=True, context_buckets=[32], decode_batches=[], chunk_buckets=[])
 
 
 def traced_ops(directory: Path, kernels_: KernelChoice, role: str) -> list[object]:

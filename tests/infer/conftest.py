@@ -38,4 +38,4 @@ def tiny_aot_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
     """
     return export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("aot") / "tiny-llama-aot", backend="torch-aot",
                        batch_size=1, context_buckets=[16], max_context_length=16, sequence_length=32,
-                       decode_batches=[])
+                       decode_batches=[], chunk_buckets=[])

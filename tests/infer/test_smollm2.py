@@ -19,7 +19,8 @@ def artifact(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("smollm2") / "artifact"
     result = export(ExportOptions(model=str(smollm2_gguf()), output=str(out), batch_size=2, sequence_length=128,
-                                  max_context_length=64, context_buckets=[64], backend="torch-aot"))
+                                  max_context_length=64, context_buckets=[64], chunk_buckets=[],
+                                  backend="torch-aot"))
     assert result.validation_max_diff is not None and result.validation_max_diff < 1e-3
     return out
 

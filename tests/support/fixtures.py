@@ -50,3 +50,14 @@ def tiny_tp2_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
 
     return export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("art") / "tiny-smol-tp2", backend="torch-aot",
                        tensor_parallel_size=2)
+
+
+@pytest.fixture(scope="session")
+def minilm_artifact(tmp_path_factory) -> Path:
+    """The real all-MiniLM-L6-v2 (a sentence-transformers folder: mean pooling, Normalize) compiled with torch-aot:
+    batch buckets 1 and 32, sequence buckets 32 and 128 (4 graphs). Shared by tests/infer and tests/vllm."""
+    from support.encoders import export_encoder, minilm_dir
+
+    return export_encoder(minilm_dir(), tmp_path_factory.mktemp("art") / "minilm", backend="torch-aot",
+                          batch_size=32, batch_buckets=[1, 32], sequence_length=128, context_buckets=[32, 128],
+                          compile_workers=None)

@@ -107,7 +107,7 @@ def test_finetune_consolidate_export_generate(variant: str, base_dir: Path, comp
 
     artifact = tmp_path / "artifact"
     result = export(ExportOptions(model=str(hf_dir), output=str(artifact), batch_size=1, sequence_length=64,
-                                  max_context_length=32, context_buckets=[32], backend="torch-aot",
+                                  max_context_length=32, context_buckets=[32], chunk_buckets=[], backend="torch-aot",
                                   cache_url=str(compile_cache)))
     assert result.validation_max_diff is not None and result.validation_max_diff < 1e-3
 

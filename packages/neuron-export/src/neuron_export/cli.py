@@ -42,10 +42,12 @@ def _parse_decode_batches(ctx: click.Context, param: click.Parameter, value: str
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--model", "-m", default=None, help="Hub model id, local checkpoint directory, or a .gguf file.")
-@click.option("--task", default="auto", help="Task to export for; 'auto' infers it from the checkpoint.")
+@click.option("--task", default="auto", help="Task to export for: text-generation, feature-extraction (embeddings), "
+              "fill-mask, text-classification, token-classification, question-answering; 'auto' infers it from the "
+              "checkpoint (a sentence-transformers folder: feature-extraction with its pooling).")
 @click.option("--batch_size", "--batch-size", type=click.IntRange(min=1), default=1, help="Compiled batch (slots).")
 @click.option("--sequence_length", "--sequence-length", type=click.IntRange(min=1), default=512,
-              help="Total tokens per sequence (prompt + generated): the KV-cache length.")
+              help="Total tokens per sequence (prompt + generated): the KV-cache length. Encoders: the longest input.")
 @click.option("--max_context_length", "--max-context-length", type=click.IntRange(min=1), default=None,
               help="Longest prompt; defaults to sequence_length.")
 @click.option("--context_buckets", "--context-buckets", callback=_parse_buckets, default=None,
@@ -61,6 +63,13 @@ def _parse_decode_batches(ctx: click.Context, param: click.Parameter, value: str
               help="Chunked-prefill graphs of these chunk lengths (each <= max_context_length), e.g. 64,256, or "
                    "'none' (default: the smallest prompt bucket and the largest one up to 256): prompts longer than "
                    "max_context_length, and prompts continuing a reused KV prefix, are encoded chunk by chunk.")
+@click.option("--batch_buckets", "--batch-buckets", callback=_parse_buckets, default=None,
+              help="Encoders: the batch sizes compiled, e.g. 1,8,32, ending at --batch_size (default: 1 and "
+                   "batch_size). A request runs in the smallest graph that holds it.")
+@click.option("--pooling", type=click.Choice(("cls", "mean", "max", "mean_sqrt_len_tokens", "last_token")),
+              default=None, help="Encoders, feature-extraction: pool token states into sentence embeddings this "
+                                 "way (default: a sentence-transformers folder's own pooling; last_token for a decoder "
+                                 "embedder; else none).")
 @click.option("--tensor_parallel_size", "--tensor-parallel-size", type=click.IntRange(min=1), default=1,
               help="Ranks the model is split over: one SPMD graph set with its all-reduces inside, a weights file "
                    "per rank; from_pretrained starts the ranks (see the README, Tensor-parallel inference).")

@@ -58,6 +58,10 @@ def compile_graph(model, request: CompileRequest):
     from neuron_export.backends import GraphJob, get_backend
     from neuron_export.models.parallel import tracing_world
 
+    if request.role == "encoder":
+        from neuron_export.encoder_export import compile_encoder_graph
+
+        return compile_encoder_graph(model, request)
     role, bucket, rows = request.role, request.bucket, request.rows
     model.role = role
     model.decode_rows = rows
@@ -78,6 +82,12 @@ def compile_graph(model, request: CompileRequest):
 def skeleton(hf_config, shapes):
     """The model a graph is traced from, without its weights: every graph of an export has the same constants'
     names, shapes and dtypes whatever their values (the rope tables and the rank's token map are filled in)."""
+    from neuron_export.models.spec import EncoderShapes
+
+    if isinstance(shapes, EncoderShapes):
+        from neuron_export.encoder_export import encoder_skeleton
+
+        return encoder_skeleton(hf_config, shapes)
     from neuron_export.models.build import build_decoder
 
     _, model = build_decoder(hf_config, shapes)

@@ -45,6 +45,7 @@ from neuron_export.__about__ import __version__
 from neuron_export.backends import GraphJob, KernelChoice, check_target, cpu_kernels, get_backend
 from neuron_export.compile_worker import CompileRequest, WorkerPool, compile_graph, skeleton
 from neuron_export.convert import rank_weights, sharding_plan, tied_aliases
+from neuron_export.encoder_export import ENCODER_COPIED, export_encoder, plan_encoder, wants_encoder
 from neuron_export.errors import ExportError, ShapeError, UnsupportedArchitectureError
 from neuron_export.models import family_for, supported_model_types
 from neuron_export.models.build import bind_checkpoint, build_decoder
@@ -96,6 +97,8 @@ class ExportOptions:
     compile_workers: int | None = None  # None: one worker process per core (compile_worker.py); 0: in this process
     quantize: str | None = None  # "int8" | "int4": weight-only quantization of the linears (quantize.py)
     quant_group_size: int = 32  # int4: input channels per (scale, zero)
+    batch_buckets: list[int] | None = None  # encoders: the graphs' batch rows; None: [1, batch_size]
+    pooling: str | None = None  # encoders, feature-extraction: pooling mode (None: the checkpoint's, if any)
     flags: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -160,8 +163,15 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
     a failed export leaves OUTPUT as it was (see output.py)."""
     start = time.perf_counter()
     source = resolve(options.model, options.revision)
-    output = OutputPlan.check(options.output, None if source.is_gguf else source.directory, _COPIED)
     hf_config = load_config(source, options.trust_remote_code)
+    if not source.is_gguf and wants_encoder(options.task, hf_config, source.directory):
+        plan = plan_encoder(options, source, hf_config)
+        output = OutputPlan.check(options.output, source.directory, ENCODER_COPIED)
+        return export_encoder(options, plan, output, log)
+    if options.batch_buckets or options.pooling:
+        raise ExportError("--batch_buckets and --pooling apply to encoder exports (feature-extraction, fill-mask, "
+                          "classification, question-answering); a text-generation export has slots, not batch buckets")
+    output = OutputPlan.check(options.output, None if source.is_gguf else source.directory, _COPIED)
     task = _task(options.task, hf_config)
     family = family_for(hf_config.model_type)
     dtype = compute_dtype(options.quantize, options.torch_dtype, _dtype(options.torch_dtype, hf_config, source.is_gguf))
@@ -496,7 +506,9 @@ def _save_generation_config(hf_config, out: Path) -> None:
 
 def _task(task: str, hf_config) -> str:
     if task not in ("auto", "text-generation"):
-        raise ExportError(f"--task {task!r} is not supported yet; supported: text-generation (or auto)")
+        raise ExportError(f"--task {task!r} is not a task neuron-export knows; supported: text-generation, "
+                          "feature-extraction (sentence-similarity), fill-mask, text-classification, "
+                          "token-classification, question-answering (or auto)")
     archs = hf_config.architectures or []
     if task == "auto" and archs and not any(a.endswith("ForCausalLM") for a in archs):
         raise UnsupportedArchitectureError(

@@ -47,9 +47,14 @@ def _validate(args: argparse.Namespace) -> int:
     from neuron_infer.validate import ValidationError, validate_artifact
 
     try:
-        dtype = Artifact.open(args.artifact).config.torch_dtype
-        reference = load_reference(args.model, dtype)
-        max_diff = validate_artifact(args.artifact, reference, args.atol, print)
+        config = Artifact.open(args.artifact).config
+        if config.is_encoder:  # every (rows, bucket) graph against transformers' model for the artifact's task
+            from neuron_infer.validate_encoder import validate_encoder_artifact
+
+            max_diff = validate_encoder_artifact(args.artifact, Path(args.model).expanduser(), args.atol, print)
+        else:
+            reference = load_reference(args.model, config.torch_dtype)
+            max_diff = validate_artifact(args.artifact, reference, args.atol, print)
     except (ValidationError, ValueError, OSError, RuntimeError) as err:
         print(f"Error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1

@@ -27,6 +27,17 @@ def check_compatible(config: NeuronConfig, root: Path, multi_rank: bool = False)
     """Refuse artifacts this runtime cannot run, naming what differs and the fix."""
     if config.task != "text-generation":
         raise ValueError(f"{root} holds a '{config.task}' artifact; NeuronModelForCausalLM runs 'text-generation'")
+    check_host(config, root)
+    tp = config.tensor_parallel_size
+    if tp != 1 and not multi_rank and _world_size() != tp:
+        raise RuntimeError(
+            f"{root} is a tensor_parallel_size={tp} artifact: a DecoderRuntime runs one rank of it, in a process "
+            f"group of {tp} ranks. Open it with neuron_infer.load_runtime (or from_pretrained), which starts the ranks."
+        )
+
+
+def check_host(config: NeuronConfig, root: Path) -> None:
+    """Refuse graphs this process cannot run (torch version, device, CPU ISA, quantization kernels), any task."""
     target = config.target
     if target.torch_version != torch.__version__:
         raise RuntimeError(
@@ -43,12 +54,6 @@ def check_compatible(config: NeuronConfig, root: Path, multi_rank: bool = False)
         )
     _check_cpu_isa(config, root)
     quant.check_quantized(config, root)
-    tp = config.tensor_parallel_size
-    if tp != 1 and not multi_rank and _world_size() != tp:
-        raise RuntimeError(
-            f"{root} is a tensor_parallel_size={tp} artifact: a DecoderRuntime runs one rank of it, in a process "
-            f"group of {tp} ranks. Open it with neuron_infer.load_runtime (or from_pretrained), which starts the ranks."
-        )
 
 
 def _world_size() -> int | None:
@@ -174,8 +179,11 @@ def check_trust(artifact: Artifact, trust_remote_code: bool, origin: str | None,
     return trust
 
 
-class DecoderRuntime:
-    """`trust_remote_code`: consent to run graphs this machine did not compile (see neuron_cache.trust);
+class BoundArtifact:
+    """An artifact's weights loaded and its graphs loadable by name, after the host and trust checks: what every
+    runtime (DecoderRuntime, EncoderRuntime) starts from. Subclasses name their task check in `check`.
+
+    `trust_remote_code`: consent to run graphs this machine did not compile (see neuron_cache.trust);
     `origin` names where the artifact came from (a Hub id) in the refusal.
 
     Constants live, and graphs run, on the artifact's `target.device`; callers pass and get CPU tensors.
@@ -183,9 +191,13 @@ class DecoderRuntime:
     The cuda path is written but unverified: these machines have no GPU.
     """
 
+    @staticmethod
+    def check(config: NeuronConfig, root: Path) -> None:
+        raise NotImplementedError
+
     def __init__(self, artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):
         self.root, self.config = artifact.root, artifact.config
-        check_compatible(self.config, self.root)
+        self.check(self.config, self.root)
         # Before anything of the graphs is opened: every graph file must be one this machine produced, or
         # the caller consented to run it. The graphs load from private copies made while hashing them, so
         # what runs is what was checked, even for buckets loaded later.
@@ -199,7 +211,6 @@ class DecoderRuntime:
         self.constants = self._load_constants()
         self._lock = threading.Lock()
         self._graphs: dict[str, Graph] = {}  # by name, each loaded on first use (`_graph`)
-        self._decode = self._graph(self.config.graph_for("token_generation"))
 
     # ---- loading -------------------------------------------------------------------------------
     def _load_constants(self) -> dict[str, torch.Tensor]:
@@ -234,6 +245,28 @@ class DecoderRuntime:
                 self._graphs[name] = self._load(name)
             return self._graphs[name]
 
+    def warmup(self) -> None:
+        for name in self.config.graphs:
+            self._graph(name)
+
+    # Graph inputs go to the artifact's device and outputs come back to the host; on cpu both return
+    # their argument as it is (one comparison per call: no copy, nothing measurable).
+    def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return inputs if self.device.type == "cpu" else {k: v.to(self.device) for k, v in inputs.items()}
+
+    def _to_host(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return outputs if self.device.type == "cpu" else {k: v.cpu() for k, v in outputs.items()}
+
+
+class DecoderRuntime(BoundArtifact):
+    """A decoder artifact: prefill and decode over one KV cache (see the module docstring)."""
+
+    check = staticmethod(check_compatible)
+
+    def __init__(self, artifact: Artifact, *, trust_remote_code: bool = False, origin: str | None = None):
+        super().__init__(artifact, trust_remote_code=trust_remote_code, origin=origin)
+        self._decode = self._graph(self.config.graph_for("token_generation"))
+
     def prefill_graph(self, bucket: int) -> Graph:
         return self._graph(self.config.graph_for("context_encoding", bucket=bucket))
 
@@ -252,19 +285,7 @@ class DecoderRuntime:
         """The smallest sub-batch decode graph that holds n sequences, or None (use the full batch)."""
         return self.config.rows_for(n)
 
-    def warmup(self) -> None:
-        for name in self.config.graphs:
-            self._graph(name)
-
     # ---- execution -----------------------------------------------------------------------------
-    # Graph inputs go to the artifact's device and outputs come back to the host; on cpu both return
-    # their argument as it is (one comparison per call: no copy, nothing measurable).
-    def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return inputs if self.device.type == "cpu" else {k: v.to(self.device) for k, v in inputs.items()}
-
-    def _to_host(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return outputs if self.device.type == "cpu" else {k: v.cpu() for k, v in outputs.items()}
-
     @property
     def batch_size(self) -> int:
         return self.config.batch_size

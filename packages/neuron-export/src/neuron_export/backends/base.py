@@ -37,6 +37,8 @@ class GraphJob:
     module: torch.nn.Module
     example_inputs: tuple[torch.Tensor, ...]
     input_names: list[str]
+    # Names of the graph's outputs, in order; None: "tokens" for an int64 output, else "logits" (the decoders').
+    output_names: list[str] | None = None
     flags: dict[str, Any] = field(default_factory=dict)
     # The config fields this graph is compiled for (batch_size, sequence_length, torch_dtype, rows, ...):
     # written into the graph's signature, which the runtime checks neuron_config.json against.

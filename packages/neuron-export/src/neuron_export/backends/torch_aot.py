@@ -36,10 +36,17 @@ def _signature(job: GraphJob, ep: torch.export.ExportedProgram) -> tuple[list, l
     out_node = next(n for n in ep.graph.nodes if n.op == "output")
     user_outputs = ep.graph_signature.user_outputs
     values = [a.meta["val"] for a in out_node.args[0] if getattr(a, "name", None) in user_outputs]
-    names = ["tokens" if v.dtype == torch.int64 else "logits" for v in values]
+    names = job.output_names or ["tokens" if v.dtype == torch.int64 else "logits" for v in values]
+    if len(names) != len(values):
+        raise ValueError(f"graph {job.name} returns {len(values)} outputs, but is named {names}")
     outputs = [tensor_spec(n, v) for n, v in zip(names, values)]
     mutated = sorted(set(ep.graph_signature.buffers_to_mutate.values()))
     return inputs, outputs, mutated
+
+
+def _batch(job: GraphJob) -> int:
+    """The batch the CPU kernels pack for: the artifact's slots (decoders), or an encoder graph's rows."""
+    return job.static["batch_size"] if "batch_size" in job.static else job.static["rows"]
 
 
 class TorchAOTBackend(Backend):
@@ -72,7 +79,7 @@ class TorchAOTBackend(Backend):
     def derived_constants(self, job: GraphJob, target: str) -> dict[str, dict[str, Any]]:
         if target != "cpu":
             return {}
-        return (cpu_kernels.derived_constants(job.module, job.kernels, job.role, job.static["batch_size"])
+        return (cpu_kernels.derived_constants(job.module, job.kernels, job.role, _batch(job))
                 | cpu_quant.derived(job.module))
 
     def compile(self, job: GraphJob, out_file: Path, target: str) -> CompiledGraph:
@@ -81,7 +88,7 @@ class TorchAOTBackend(Backend):
         device = torch.device(target)
         module = job.module.to(device)
         kernels = job.kernels if target == "cpu" else KernelChoice()  # (CPU kernels: cpu_kernels.py)
-        with cpu_kernels.applied(module, kernels, job.role, job.static["batch_size"]) as derived, \
+        with cpu_kernels.applied(module, kernels, job.role, _batch(job)) as derived, \
                 cpu_quant.applied(module) as quant_derived:  # (quantized exports are target cpu only)
             ep = _trace(replace(job, example_inputs=tuple(t.to(device) for t in job.example_inputs)))
         derived = derived | quant_derived

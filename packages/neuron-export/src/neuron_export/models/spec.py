@@ -80,3 +80,24 @@ class StaticShapes:
     @property
     def max_context_length(self) -> int:
         return self.context_buckets[-1]
+
+
+@dataclass(kw_only=True, slots=True)
+class EncoderShapes:
+    """The compiled shapes of an encoder export: one graph per (batch bucket, sequence bucket) pair, and what the
+    model is built for (its task and pooling), so that a compile worker builds the same module from the config."""
+
+    batch_buckets: list[int]
+    sequence_buckets: list[int]
+    task: str
+    pooling: str | None = None
+    dtype: str = "float32"
+    tensor_parallel_size: int = 1  # encoders run on one rank (compile_worker's tracing world reads this)
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_buckets[-1]
+
+    @property
+    def sequence_length(self) -> int:
+        return self.sequence_buckets[-1]
