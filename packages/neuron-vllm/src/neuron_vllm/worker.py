@@ -151,9 +151,7 @@ class NeuronEncoderWorker(NeuronWorker):
 
     def compile_or_warm_up_model(self) -> CompilationTimes:
         t = time.perf_counter()
-        warmup = getattr(self.runner.runtime, "warmup", None)
-        if warmup is not None:
-            warmup()
+        self.runner.runtime.warmup()  # loads every (rows, bucket) graph now rather than on the first requests
         return CompilationTimes(language_model=time.perf_counter() - t, encoder=0.0)
 
     # An encoder keeps no cache: an empty spec makes vLLM allocate none, schedule prompts whole and never preempt.
