@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from support.tiny_encoders import encoder_artifact, reference, tiny_bert, tiny_sentence_transformer
+from support.encoders import make_tiny_encoder, make_tiny_sentence_transformers
+from support.tiny_encoders import encoder_artifact, reference
 
 from neuron_infer import (
     EncoderRuntime,
@@ -47,7 +48,7 @@ class Checkpoints:
 
     def get(self, task: str) -> tuple[Path, Path]:
         if task not in self.built:
-            ckpt = tiny_bert(task, self.root / task, seed=len(self.built))
+            ckpt = make_tiny_encoder(self.root / task, "bert", task, seed=len(self.built))
             self.built[task] = ckpt, encoder_artifact(ckpt, self.root / f"{task}-artifact", task)
         return self.built[task]
 
@@ -60,7 +61,7 @@ def encoders(tmp_path_factory) -> Checkpoints:
 @pytest.fixture(scope="session")
 def sentence_artifact(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("st")
-    folder = tiny_sentence_transformer(root / "tiny-st")
+    folder = make_tiny_sentence_transformers(root / "tiny-st")
     return folder, encoder_artifact(folder, root / "tiny-st-artifact", "feature-extraction")
 
 
@@ -172,9 +173,10 @@ def test_encode_matches_sentence_transformers(sentence_artifact):
 
     folder, art = sentence_artifact
     st = SentenceTransformer(str(folder), device="cpu")
+    st.max_seq_length = 32  # the artifact's longest input (the folder says 64): both sides truncate alike
     model = NeuronModelForFeatureExtraction.from_pretrained(art)
-    texts = [*SENTENCES, " ".join(["the cat sat on the mat"] * 5)]  # the last: 31 tokens, over max_seq_length=24
-    with pytest.warns(UserWarning, match=r"1 of 8 inputs are longer than max_seq_length=24"):
+    texts = [*SENTENCES, " ".join(["the cat sat on the mat"] * 6)]  # the last: 38 tokens
+    with pytest.warns(UserWarning, match=r"1 of 8 inputs are longer than max_seq_length=32"):
         got = model.encode(texts, batch_size=3)
     want = st.encode(texts)
     assert got.shape == want.shape == (8, 32) and got.dtype == want.dtype
@@ -183,7 +185,7 @@ def test_encode_matches_sentence_transformers(sentence_artifact):
     assert one.shape == (32,) and abs(one - want[0]).max() < 1e-5
     tensor = model.encode(SENTENCES[:2], convert_to_tensor=True)
     assert isinstance(tensor, torch.Tensor) and tensor.shape == (2, 32)
-    with pytest.raises(ValueError, match="exceed max_seq_length=24"):
+    with pytest.raises(ValueError, match="exceed max_seq_length=32"):
         model.encode(texts, truncate=False)
     assert model.encode([]).shape == (0, 32)  # (sentence-transformers 6: (0,))
 

@@ -1,14 +1,14 @@
-"""Tiny random BERT checkpoints (with a WordPiece tokenizer) for every encoder task, a tiny sentence-transformers
-folder, and their encoder artifacts.
+"""Encoder artifacts of the tiny checkpoints of `support.encoders`, and transformers' reference models.
 
-`encoder_artifact` builds artifacts with neuron-export when it exports encoders; until then (neuron-export
-0.x text-generation only) with `build_encoder_artifact`, a minimal builder here that traces transformers' own
-model with torch.export into the encoder-graph contract (one graph per (rows, bucket), the graph signature, the
+`encoder_artifact` exports with neuron-export when it can build encoder models; until then (its encoder model
+definitions not yet merged) with `build_encoder_artifact`, a minimal builder that traces transformers' own model
+with torch.export into the encoder-graph contract (one graph per (rows, bucket), the graph signature, the
 weights, the trust record). Either way the runtime under test reads only the artifact.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -16,62 +16,17 @@ from typing import Any
 import torch
 import transformers
 
-from support.tiny import randomize_
-
-WORDS = ("the a an is was be to of and in on at it this that cat dog sat mat ran fast slow paris france city "
-         "capital big small red blue green happy sad good bad movie film great awful love hate i you he she we "
-         "they what where who when why how name my your john mary london berlin lives works").split()
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                 max_position_embeddings=64, type_vocab_size=2, pad_token_id=0)
-HEADS = {
-    "feature-extraction": transformers.BertModel,
-    "fill-mask": transformers.BertForMaskedLM,
-    "text-classification": transformers.BertForSequenceClassification,
-    "token-classification": transformers.BertForTokenClassification,
-    "question-answering": transformers.BertForQuestionAnswering,
-}
-LABELS = {"text-classification": ["NEGATIVE", "POSITIVE", "NEUTRAL"],
-          "token-classification": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]}
-
-
-def tiny_tokenizer(directory: Path) -> Any:
-    directory.mkdir(parents=True, exist_ok=True)
-    vocab = [*SPECIALS, *WORDS, *"abcdefghijklmnopqrstuvwxyz.,?!'", *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
-    # transformers 5: the vocabulary is a dict (`vocab_file=` is ignored: a 5-token tokenizer)
-    tokenizer = transformers.BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True,
-                                           model_max_length=512)
-    tokenizer.save_pretrained(directory)
-    return tokenizer
-
-
-def tiny_bert(task: str, directory: Path, seed: int = 0) -> Path:
-    """A random 2-layer BERT with `task`'s head, its tokenizer beside it."""
-    tokenizer = tiny_tokenizer(directory)
-    labels = LABELS.get(task)
-    extra = dict(id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)}) if labels else {}
-    config = transformers.BertConfig(vocab_size=len(tokenizer), **TINY_BERT, **extra)
-    model = HEADS[task](config)
-    randomize_(model, seed, std=0.3)
-    model.eval().save_pretrained(directory)
-    return directory
-
-
-def tiny_sentence_transformer(directory: Path, seed: int = 0) -> Path:
-    """A sentence-transformers folder: the tiny BERT, mean pooling, Normalize."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-
-    bert = tiny_bert("feature-extraction", directory.parent / f"{directory.name}-bert", seed)
-    body = Transformer(str(bert), max_seq_length=24)
-    model = SentenceTransformer(modules=[body, Pooling(TINY_BERT["hidden_size"], "mean"), Normalize()], device="cpu")
-    model.save(str(directory))
-    return directory
+# task -> transformers' Auto class: the eager model every artifact output is compared with
+AUTO_CLASSES = {"feature-extraction": "AutoModel", "fill-mask": "AutoModelForMaskedLM",
+                "text-classification": "AutoModelForSequenceClassification",
+                "token-classification": "AutoModelForTokenClassification",
+                "question-answering": "AutoModelForQuestionAnswering"}
 
 
 def reference(directory: Path, task: str) -> torch.nn.Module:
     """transformers' eager float32 model of the checkpoint: what the artifact's outputs are compared with."""
-    return HEADS[task].from_pretrained(directory, attn_implementation="eager").eval()
+    cls = getattr(transformers, AUTO_CLASSES[task])
+    return cls.from_pretrained(directory, attn_implementation="eager", dtype=torch.float32).eval()
 
 
 # ---- the fallback builder (until neuron-export exports encoders) ------------------------------------------
@@ -105,7 +60,7 @@ def build_encoder_artifact(checkpoint: Path, out: Path, *, task: str, batch_buck
     from neuron_cache.signature import SIGNATURE_KEY, GraphSignature
     from neuron_cache.trust import record_trusted
 
-    model = HEADS[task].from_pretrained(checkpoint, attn_implementation="eager").eval()
+    model = reference(checkpoint, task)
     names = ["input_ids", "attention_mask", "token_type_ids"]
     graph_module = _EncoderGraph(model, task, (pooling or {}).get("mode"), names)
     (out / "graphs").mkdir(parents=True)
@@ -160,23 +115,25 @@ def _spec(t: Any) -> dict:
     return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
 
 
+def can_export_encoders() -> bool:
+    return importlib.util.find_spec("neuron_export.models.encoders") is not None
+
+
 def encoder_artifact(checkpoint: Path, out: Path, task: str, **shapes: Any) -> Path:
     """The artifact of `checkpoint` for `task`: batch 4 (buckets 1, 4), sequence 32 (buckets 16, 32)."""
     shapes = {"batch_buckets": [1, 4], "context_buckets": [16, 32], **shapes}
-    from neuron_export.export import ExportOptions, export
+    if can_export_encoders():
+        from support.encoders import export_encoder
 
-    if "batch_buckets" in ExportOptions.__dataclass_fields__:  # (absent while neuron-export exports decoders only)
-        export(ExportOptions(model=str(checkpoint), output=str(out), task="auto", batch_size=shapes["batch_buckets"][-1],
-                             sequence_length=shapes["context_buckets"][-1], backend="torch-export", compile_workers=0,
-                             **shapes), log=lambda _m: None)
-        return out
+        return export_encoder(checkpoint, out, task="auto", batch_size=shapes["batch_buckets"][-1],
+                              sequence_length=shapes["context_buckets"][-1], **shapes)
     pooling = None
     modules = checkpoint / "modules.json"
     if modules.is_file():  # a sentence-transformers folder: its Transformer module is at the root
         pool = json.loads((checkpoint / "1_Pooling" / "config.json").read_text())
-        mode = pool.get("pooling_mode") or next(k.removeprefix("pooling_mode_").removesuffix("_token")
-                                                for k, v in pool.items() if k.startswith("pooling_mode_") and v)
+        mode = pool.get("pooling_mode") or next(k.removeprefix("pooling_mode_").removesuffix("_tokens")
+                                                .removesuffix("_token") for k, v in pool.items()
+                                                if k.startswith("pooling_mode_") and v)
         normalize = any(m["type"].endswith("Normalize") for m in json.loads(modules.read_text()))
         pooling = {"mode": mode, "normalize": normalize}
-        shapes.pop("pooling", None)
-    return build_encoder_artifact(checkpoint, out, task=task, pooling=shapes.pop("pooling", pooling), **shapes)
+    return build_encoder_artifact(checkpoint, out, task=task, pooling=pooling, **shapes)
