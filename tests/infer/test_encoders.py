@@ -46,11 +46,12 @@ class Checkpoints:
     def __init__(self, root: Path):
         self.root, self.built = root, {}
 
-    def get(self, task: str) -> tuple[Path, Path]:
-        if task not in self.built:
-            ckpt = make_tiny_encoder(self.root / task, "bert", task, seed=len(self.built))
-            self.built[task] = ckpt, encoder_artifact(ckpt, self.root / f"{task}-artifact", task)
-        return self.built[task]
+    def get(self, task: str, model_type: str = "bert") -> tuple[Path, Path]:
+        key = f"{model_type}-{task}"
+        if key not in self.built:
+            ckpt = make_tiny_encoder(self.root / key, model_type, task, seed=len(self.built))
+            self.built[key] = ckpt, encoder_artifact(ckpt, self.root / f"{key}-artifact", task)
+        return self.built[key]
 
 
 @pytest.fixture(scope="session")
@@ -93,10 +94,12 @@ def test_model_outputs_match_transformers(encoders, task):
     assert type(ours).__name__ == type(theirs).__name__ or task == "feature-extraction"
 
 
-@pytest.mark.parametrize("task", ["token-classification", "question-answering"])
-def test_left_padding_repacked(encoders, task):
-    """Left-padded input gives transformers' right-padded (unpadded) results at the same tokens."""
-    ckpt, art = encoders.get(task)
+@pytest.mark.parametrize(("task", "model_type"), [("token-classification", "bert"), ("question-answering", "bert"),
+                                                 ("token-classification", "roberta")])
+def test_left_padding_repacked(encoders, task, model_type):
+    """Left-padded input gives transformers' right-padded (unpadded) results at the same tokens. (RoBERTa: no
+    token_type_ids input, position ids counted from its pad id 1.)"""
+    ckpt, art = encoders.get(task, model_type)
     model = CLASSES[task].from_pretrained(art)
     left, right = tokenize(art, SENTENCES, "left"), tokenize(art, SENTENCES, "right")
     ours, theirs = model(**left), eager(ckpt, task, right)
