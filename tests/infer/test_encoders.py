@@ -324,3 +324,37 @@ def test_token_type_ids_checked_and_used(encoders):
                                rtol=1e-4)
     with pytest.raises(ValueError, match=r"token_type_ids must lie in \[0, 2\)"):
         model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"] * 2)
+
+
+# ---- a decoder embedder (Qwen3-Embedding's recipe: last-token pooling over an appended <|endoftext|>) ------
+@pytest.fixture(scope="session")
+def qwen_embedder(tmp_path_factory, tokenizer) -> tuple[Path, Path]:
+    from support.tiny import randomize_
+
+    root = tmp_path_factory.mktemp("qwen-embed")
+    config = transformers.Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                      max_position_embeddings=64, eos_token_id=tokenizer.eos_token_id,
+                                      architectures=["Qwen3Model"])
+    model = transformers.Qwen3Model(config)
+    randomize_(model, 0)
+    model.eval().save_pretrained(root / "ckpt")
+    tokenizer.save_pretrained(root / "ckpt")
+    return root / "ckpt", encoder_artifact(root / "ckpt", root / "art", "feature-extraction")
+
+
+def test_decoder_embedder_appends_endoftext_and_pools_the_last_token(qwen_embedder, tokenizer):
+    ckpt, art = qwen_embedder
+    texts = ["the cat sat on the mat", "hello", "what is the capital of france?"]
+    end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert tokenizer("hello")["input_ids"][-1] != end  # (SmolLM2's tokenizer, like Qwen's, appends nothing)
+    model = transformers.AutoModel.from_pretrained(ckpt, attn_implementation="eager").eval()
+    want = []
+    with torch.no_grad():
+        for text in texts:  # one row at a time: no padding on the reference side
+            ids = torch.tensor([[*tokenizer(text)["input_ids"], end]])
+            want.append(model(input_ids=ids).last_hidden_state[0, -1])
+    want = torch.nn.functional.normalize(torch.stack(want), dim=-1)
+    got = NeuronModelForFeatureExtraction.from_pretrained(art).encode(texts, normalize_embeddings=True,
+                                                                      convert_to_tensor=True)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)

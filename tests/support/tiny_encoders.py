@@ -48,6 +48,9 @@ class _EncoderGraph(torch.nn.Module):
             values += ((out["last_hidden_state"] * mask).sum(1) / mask.sum(1).clamp(min=1e-9),)
         elif self.pooling == "cls":
             values += (out["last_hidden_state"][:, 0],)
+        elif self.pooling == "last_token":  # (right padding: the last real token)
+            last = kwargs["attention_mask"].sum(1) - 1
+            values += (out["last_hidden_state"][torch.arange(last.shape[0]), last],)
         return values
 
 
@@ -61,7 +64,7 @@ def build_encoder_artifact(checkpoint: Path, out: Path, *, task: str, batch_buck
     from neuron_cache.trust import record_trusted
 
     model = reference(checkpoint, task)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    names = ["input_ids", "attention_mask"] + ["token_type_ids"] * (getattr(model.config, "type_vocab_size", 0) > 0)
     graph_module = _EncoderGraph(model, task, (pooling or {}).get("mode"), names)
     (out / "graphs").mkdir(parents=True)
     (out / "weights").mkdir()
@@ -97,8 +100,8 @@ def build_encoder_artifact(checkpoint: Path, out: Path, *, task: str, batch_buck
         if f.is_file() and not f.name.endswith(".safetensors"):
             (out / f.name).write_bytes(f.read_bytes())
     config = NeuronConfig.from_dict(dict(
-        schema_version=1, producer=dict(package="tests", version="0"), task=task, model_type="bert",
-        architecture=model.config.architectures[0], batch_size=batch_buckets[-1], max_batch_size=batch_buckets[-1],
+        schema_version=1, producer=dict(package="tests", version="0"), task=task, model_type=model.config.model_type,
+        architecture=(model.config.architectures or [type(model).__name__])[0], batch_size=batch_buckets[-1], max_batch_size=batch_buckets[-1],
         sequence_length=context_buckets[-1], max_context_length=context_buckets[-1], context_buckets=context_buckets,
         batch_buckets=batch_buckets, pooling=pooling, torch_dtype="float32",
         target=dict(backend="torch-export", device="cpu", compiler_version=f"torch.export-{torch.__version__}",
@@ -113,6 +116,9 @@ def build_encoder_artifact(checkpoint: Path, out: Path, *, task: str, batch_buck
 
 def _spec(t: Any) -> dict:
     return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
+
+
+DECODER_EMBEDDERS = ("qwen3", "qwen2", "llama")
 
 
 def can_export_encoders() -> bool:
@@ -136,4 +142,6 @@ def encoder_artifact(checkpoint: Path, out: Path, task: str, **shapes: Any) -> P
                                                 if k.startswith("pooling_mode_") and v)
         normalize = any(m["type"].endswith("Normalize") for m in json.loads(modules.read_text()))
         pooling = {"mode": mode, "normalize": normalize}
+    elif json.loads((checkpoint / "config.json").read_text())["model_type"] in DECODER_EMBEDDERS:
+        pooling = {"mode": "last_token", "normalize": True}  # Qwen3-Embedding's recipe
     return build_encoder_artifact(checkpoint, out, task=task, pooling=pooling, **shapes)
