@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 from support.encoders import make_tiny_encoder, make_tiny_sentence_transformers
-from support.tiny_encoders import encoder_artifact, reference
+from support.tiny_encoders import can_export_encoders, encoder_artifact, reference
 
 from neuron_infer import (
     EncoderRuntime,
@@ -358,3 +358,14 @@ def test_decoder_embedder_appends_endoftext_and_pools_the_last_token(qwen_embedd
     got = NeuronModelForFeatureExtraction.from_pretrained(art).encode(texts, normalize_embeddings=True,
                                                                       convert_to_tensor=True)
     torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.skipif(not can_export_encoders(), reason="neuron-export's encoder models are not merged yet")
+def test_from_pretrained_export_true(encoders, tmp_path):
+    ckpt, _ = encoders.get("text-classification")
+    model = NeuronModelForSequenceClassification.from_pretrained(
+        ckpt, export=True, output=str(tmp_path / "art"), backend="torch-export", batch_size=2, sequence_length=16,
+        context_buckets=[16], compile_workers=0)
+    batch = tokenize(tmp_path / "art", SENTENCES[:3])
+    torch.testing.assert_close(model(**batch).logits, eager(ckpt, "text-classification", batch).logits, atol=ATOL,
+                               rtol=1e-4)
