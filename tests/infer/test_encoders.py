@@ -134,18 +134,20 @@ def _close(a, b) -> bool:
 
 PIPELINE_INPUTS = {
     "feature-extraction": ["the cat sat on the mat", "paris is the capital of france"],
-    "fill-mask": ["the cat [MASK] on the mat", "paris is the [MASK] of france"],
-    "text-classification": ["i love this movie", "what an awful film"],
+    "fill-mask": ["the cat [MASK] on the mat", "paris is the [MASK] of france, a big country in europe"],
+    "text-classification": ["i love this movie", "what an awful film, the worst i have seen this year"],
     "token-classification": ["john lives in london", "mary works in berlin"],
 }
 
 
-@pytest.mark.parametrize("task", list(PIPELINE_INPUTS))
-def test_pipeline_matches_transformers(encoders, task):
+@pytest.mark.parametrize(("task", "batch_size"), [*((t, 1) for t in PIPELINE_INPUTS), ("text-classification", 2),
+                                                  ("fill-mask", 2)])
+def test_pipeline_matches_transformers(encoders, task, batch_size):
+    """batch_size 2: the pipeline pads its batches (right, as BERT's tokenizer does)."""
     ckpt, art = encoders.get(task)
     tok = transformers.AutoTokenizer.from_pretrained(art)
-    ours = transformers.pipeline(task, model=CLASSES[task].from_pretrained(art), tokenizer=tok)
-    theirs = transformers.pipeline(task, model=reference(ckpt, task), tokenizer=tok)
+    ours = transformers.pipeline(task, model=CLASSES[task].from_pretrained(art), tokenizer=tok, batch_size=batch_size)
+    theirs = transformers.pipeline(task, model=reference(ckpt, task), tokenizer=tok, batch_size=batch_size)
     kwargs = {"top_k": None} if task == "text-classification" else {}
     got, want = ours(PIPELINE_INPUTS[task], **kwargs), theirs(PIPELINE_INPUTS[task], **kwargs)
     assert _close(got, want), (got, want)
