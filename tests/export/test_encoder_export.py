@@ -66,13 +66,17 @@ def test_pooling_can_be_asked_for_a_plain_encoder(tiny_dirs, tmp_path):
 
 def test_a_wrong_graph_fails_validation_and_writes_nothing(tiny_dirs, tmp_path, monkeypatch):
     """The export's validation compares with transformers: a perturbed weight must fail it (the check can fail)."""
-    import neuron_export.models.encoders as encoders
+    import neuron_export.models.encoders.build as encoders
 
     bind = encoders.bind_encoder_checkpoint
 
     def perturbed(family, model, hf_state):
+        import torch
+
         out = bind(family, model, hf_state)
-        next(p for n, p in model.named_parameters() if "layers.1" in n or "layer.1" in n).data.add_(0.05)
+        weight = next(p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() == 2 and ".1." in n)
+        # noise, not a constant: a constant shift of a projection fed by LayerNorm (zero-mean rows) changes nothing
+        weight.data.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
         return out
 
     monkeypatch.setattr(encoders, "bind_encoder_checkpoint", perturbed)
@@ -144,3 +148,23 @@ def test_the_cli_exports_an_encoder_and_says_how(tiny_dirs, tmp_path):
     assert result.exit_code == 0, result.output
     assert "for token-classification" in result.output and "Validated 2 encoder graph(s)" in result.output
     assert NeuronConfig.load(tmp_path / "art").batch_buckets == [1, 2]
+
+
+@pytest.mark.parametrize("saved_as", ["Qwen3Model", "Qwen3ForCausalLM"])
+def test_a_decoder_exports_as_an_embedder_with_last_token_pooling(tmp_path, saved_as):
+    """The Qwen3-Embedding recipe: a bare Qwen3Model exports as feature-extraction by itself; a causal LM when asked.
+    Validation inside export compares every graph with transformers' Qwen3Model (last_hidden_state and the last real
+    token's state)."""
+    import torch
+    import transformers
+
+    config = transformers.Qwen3Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                      max_position_embeddings=64)
+    torch.manual_seed(0)
+    getattr(transformers, saved_as)(config).save_pretrained(tmp_path / "ckpt")
+    task = "auto" if saved_as == "Qwen3Model" else "feature-extraction"
+    out = export_encoder(tmp_path / "ckpt", tmp_path / "art", task=task)
+    config = NeuronConfig.load(out)
+    assert (config.task, config.pooling.mode, config.pooling.normalize) == ("feature-extraction", "last_token", True)
+    assert [t.name for t in config.graphs["encoder_b4_s32"].inputs] == ["input_ids", "attention_mask"]

@@ -44,6 +44,11 @@ def _signature(job: GraphJob, ep: torch.export.ExportedProgram) -> tuple[list, l
     return inputs, outputs, mutated
 
 
+def _batch(job: GraphJob) -> int:
+    """The batch the CPU kernels pack for: the artifact's slots (decoders), or an encoder graph's rows."""
+    return job.static["batch_size"] if "batch_size" in job.static else job.static["rows"]
+
+
 class TorchAOTBackend(Backend):
     name = "torch-aot"
     compiles_from_shapes = True  # package_constants_in_so=False: the package holds no constant's value
@@ -74,7 +79,7 @@ class TorchAOTBackend(Backend):
     def derived_constants(self, job: GraphJob, target: str) -> dict[str, dict[str, Any]]:
         if target != "cpu":
             return {}
-        return (cpu_kernels.derived_constants(job.module, job.kernels, job.role, job.static["batch_size"])
+        return (cpu_kernels.derived_constants(job.module, job.kernels, job.role, _batch(job))
                 | cpu_quant.derived(job.module))
 
     def compile(self, job: GraphJob, out_file: Path, target: str) -> CompiledGraph:
@@ -83,7 +88,7 @@ class TorchAOTBackend(Backend):
         device = torch.device(target)
         module = job.module.to(device)
         kernels = job.kernels if target == "cpu" else KernelChoice()  # (CPU kernels: cpu_kernels.py)
-        with cpu_kernels.applied(module, kernels, job.role, job.static["batch_size"]) as derived, \
+        with cpu_kernels.applied(module, kernels, job.role, _batch(job)) as derived, \
                 cpu_quant.applied(module) as quant_derived:  # (quantized exports are target cpu only)
             ep = _trace(replace(job, example_inputs=tuple(t.to(device) for t in job.example_inputs)))
         derived = derived | quant_derived

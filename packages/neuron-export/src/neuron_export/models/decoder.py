@@ -58,7 +58,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class Attention(nn.Module):
     """`arch` is what one rank runs (`rank_arch`): its share of the heads; o_proj's outputs are summed over ranks."""
 
-    def __init__(self, arch: DecoderArch, shapes: StaticShapes, layer: int):
+    def __init__(self, arch: DecoderArch, shapes: StaticShapes, layer: int, kv_cache: bool = True):
         super().__init__()
         self.arch, self.layer, self.tp = arch, layer, shapes.tensor_parallel_size
         hd, nh, nkv = arch.head_dim, arch.num_heads, arch.num_kv_heads
@@ -67,6 +67,8 @@ class Attention(nn.Module):
         if arch.qk_norm:
             self.q_norm = RMSNorm(hd, arch.rms_norm_eps)
             self.k_norm = RMSNorm(hd, arch.rms_norm_eps)
+        if not kv_cache:  # `encode` only (decoder embeddings): no cache buffers in the graph
+            return
         cache_shape = (shapes.batch_size, nkv, shapes.sequence_length, hd)
         dtype = getattr(torch, shapes.dtype)
         self.register_buffer("k_cache", torch.zeros(cache_shape, dtype=dtype))
@@ -99,6 +101,15 @@ class Attention(nn.Module):
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).view(B, a.num_kv_heads, groups * T, -1)
         out = torch.matmul(probs, v).view(B, a.num_heads, T, hd)
         return all_reduce(self.o_proj(out.transpose(1, 2).reshape(B, T, a.num_heads * hd)), self.tp)
+
+    def encode(self, x, cos, sin, bias):
+        """Attention over the input alone, no cache (decoder embeddings): x (B, T, hidden); bias additive,
+        broadcastable to (B, heads, T, T) (causal, key padding, the layer's window)."""
+        q, k, v = self.project(x, cos, sin)
+        B, T, _ = x.shape
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.arch.scale, enable_gqa=True)
+        return all_reduce(self.o_proj(out.transpose(1, 2).reshape(B, T, self.arch.num_heads * self.arch.head_dim)),
+                          self.tp)
 
     def context_encoding(self, x, cos, sin, seq_id, mask):
         q, k, v = self.project(x, cos, sin)
@@ -169,11 +180,11 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, arch: DecoderArch, shapes: StaticShapes, layer: int):
+    def __init__(self, arch: DecoderArch, shapes: StaticShapes, layer: int, kv_cache: bool = True):
         super().__init__()
         self.residual_multiplier = arch.residual_multiplier
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.attn = Attention(arch, shapes, layer)
+        self.attn = Attention(arch, shapes, layer, kv_cache)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.mlp = MLP(arch, shapes.tensor_parallel_size)
 
