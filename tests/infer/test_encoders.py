@@ -1,8 +1,9 @@
 """Encoder artifacts through neuron-infer: the model classes, transformers' pipelines and encode(), each compared
 with transformers' (or sentence-transformers') eager model on the same weights.
 
-Artifacts: batch buckets [1, 4], sequence buckets [16, 32] (tests/support/tiny_encoders.py), so a batch of 6
-runs as 4 + 2 rows and inputs of 9 and 20 tokens take different sequence buckets.
+Artifacts (neuron-export, torch-export backend): batch buckets [1, 4], sequence buckets [16, 32]
+(tests/support/tiny_encoders.py), so a batch of 7 runs as 4 + 3 rows (the 4-row graph twice), one of 5 as 4 + 1
+(the 1-row graph), and short and long inputs take different sequence buckets.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 import torch
 import transformers
 from support.encoders import make_tiny_encoder, make_tiny_sentence_transformers
-from support.tiny_encoders import can_export_encoders, encoder_artifact, reference
+from support.tiny_encoders import encoder_artifact, reference
 
 from neuron_infer import (
     EncoderRuntime,
@@ -50,7 +51,7 @@ class Checkpoints:
         key = f"{model_type}-{task}"
         if key not in self.built:
             ckpt = make_tiny_encoder(self.root / key, model_type, task, seed=len(self.built))
-            self.built[key] = ckpt, encoder_artifact(ckpt, self.root / f"{key}-artifact", task)
+            self.built[key] = ckpt, encoder_artifact(ckpt, self.root / f"{key}-artifact")
         return self.built[key]
 
 
@@ -63,7 +64,7 @@ def encoders(tmp_path_factory) -> Checkpoints:
 def sentence_artifact(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("st")
     folder = make_tiny_sentence_transformers(root / "tiny-st")
-    return folder, encoder_artifact(folder, root / "tiny-st-artifact", "feature-extraction")
+    return folder, encoder_artifact(folder, root / "tiny-st-artifact")
 
 
 def tokenize(artifact: Path, texts: list[str], side: str = "right") -> dict[str, torch.Tensor]:
@@ -342,7 +343,7 @@ def qwen_embedder(tmp_path_factory, tokenizer) -> tuple[Path, Path]:
     randomize_(model, 0)
     model.eval().save_pretrained(root / "ckpt")
     tokenizer.save_pretrained(root / "ckpt")
-    return root / "ckpt", encoder_artifact(root / "ckpt", root / "art", "feature-extraction")
+    return root / "ckpt", encoder_artifact(root / "ckpt", root / "art")
 
 
 def test_decoder_embedder_appends_endoftext_and_pools_the_last_token(qwen_embedder, tokenizer):
@@ -362,7 +363,6 @@ def test_decoder_embedder_appends_endoftext_and_pools_the_last_token(qwen_embedd
     torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
 
 
-@pytest.mark.skipif(not can_export_encoders(), reason="neuron-export's encoder models are not merged yet")
 def test_from_pretrained_export_true(encoders, tmp_path):
     ckpt, _ = encoders.get("text-classification")
     model = NeuronModelForSequenceClassification.from_pretrained(
