@@ -168,3 +168,27 @@ def test_a_decoder_exports_as_an_embedder_with_last_token_pooling(tmp_path, save
     config = NeuronConfig.load(out)
     assert (config.task, config.pooling.mode, config.pooling.normalize) == ("feature-extraction", "last_token", True)
     assert [t.name for t in config.graphs["encoder_b4_s32"].inputs] == ["input_ids", "attention_mask"]
+
+
+def test_a_folder_saved_by_sentence_transformers_6_exports_and_embeds_like_it(tiny_dirs, tmp_path):
+    """sentence-transformers 6 writes `"pooling_mode": "cls"` (not pooling_mode_* flags) and new module type names."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from neuron_infer import NeuronModelForFeatureExtraction
+
+    st = SentenceTransformer(str(tiny_dirs["st"]), device="cpu")
+    st.save(str(tmp_path / "saved"))
+    assert json.loads((tmp_path / "saved" / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "cls"
+    out = export_encoder(tmp_path / "saved", tmp_path / "art")
+    config = NeuronConfig.load(out)
+    assert (config.pooling.mode, config.pooling.normalize) == ("cls", True)
+    sentences = ["a short one", "a somewhat longer sentence about lighthouses and the sea", "x"]
+    got = NeuronModelForFeatureExtraction.from_pretrained(out).encode(sentences)
+    np.testing.assert_allclose(got, st.encode(sentences), atol=1e-5)
+
+
+def test_pooling_without_the_prompt_is_refused(tiny_dirs, tmp_path):
+    folder = _st_variant(tiny_dirs["st"], tmp_path / "st", pooling={"pooling_mode": "mean", "include_prompt": False})
+    with pytest.raises(UnsupportedArchitectureError, match="include_prompt: false"):
+        export_encoder(folder, tmp_path / "art")

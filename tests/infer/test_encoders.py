@@ -1,8 +1,9 @@
 """Encoder artifacts through neuron-infer: the model classes, transformers' pipelines and encode(), each compared
 with transformers' (or sentence-transformers') eager model on the same weights.
 
-Artifacts: batch buckets [1, 4], sequence buckets [16, 32] (tests/support/tiny_encoders.py), so a batch of 6
-runs as 4 + 2 rows and inputs of 9 and 20 tokens take different sequence buckets.
+Artifacts (neuron-export, torch-export backend): batch buckets [1, 4], sequence buckets [16, 32]
+(tests/support/tiny_encoders.py), so a batch of 7 runs as 4 + 3 rows (the 4-row graph twice), one of 5 as 4 + 1
+(the 1-row graph), and short and long inputs take different sequence buckets.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from support.tiny_encoders import encoder_artifact, reference, tiny_bert, tiny_sentence_transformer
+from support.encoders import make_tiny_encoder, make_tiny_sentence_transformers
+from support.tiny_encoders import encoder_artifact, reference
 
 from neuron_infer import (
     EncoderRuntime,
@@ -45,11 +47,12 @@ class Checkpoints:
     def __init__(self, root: Path):
         self.root, self.built = root, {}
 
-    def get(self, task: str) -> tuple[Path, Path]:
-        if task not in self.built:
-            ckpt = tiny_bert(task, self.root / task, seed=len(self.built))
-            self.built[task] = ckpt, encoder_artifact(ckpt, self.root / f"{task}-artifact", task)
-        return self.built[task]
+    def get(self, task: str, model_type: str = "bert") -> tuple[Path, Path]:
+        key = f"{model_type}-{task}"
+        if key not in self.built:
+            ckpt = make_tiny_encoder(self.root / key, model_type, task, seed=len(self.built))
+            self.built[key] = ckpt, encoder_artifact(ckpt, self.root / f"{key}-artifact")
+        return self.built[key]
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +63,8 @@ def encoders(tmp_path_factory) -> Checkpoints:
 @pytest.fixture(scope="session")
 def sentence_artifact(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("st")
-    folder = tiny_sentence_transformer(root / "tiny-st")
-    return folder, encoder_artifact(folder, root / "tiny-st-artifact", "feature-extraction")
+    folder = make_tiny_sentence_transformers(root / "tiny-st")
+    return folder, encoder_artifact(folder, root / "tiny-st-artifact")
 
 
 def tokenize(artifact: Path, texts: list[str], side: str = "right") -> dict[str, torch.Tensor]:
@@ -92,10 +95,12 @@ def test_model_outputs_match_transformers(encoders, task):
     assert type(ours).__name__ == type(theirs).__name__ or task == "feature-extraction"
 
 
-@pytest.mark.parametrize("task", ["token-classification", "question-answering"])
-def test_left_padding_repacked(encoders, task):
-    """Left-padded input gives transformers' right-padded (unpadded) results at the same tokens."""
-    ckpt, art = encoders.get(task)
+@pytest.mark.parametrize(("task", "model_type"), [("token-classification", "bert"), ("question-answering", "bert"),
+                                                 ("token-classification", "roberta")])
+def test_left_padding_repacked(encoders, task, model_type):
+    """Left-padded input gives transformers' right-padded (unpadded) results at the same tokens. (RoBERTa: no
+    token_type_ids input, position ids counted from its pad id 1.)"""
+    ckpt, art = encoders.get(task, model_type)
     model = CLASSES[task].from_pretrained(art)
     left, right = tokenize(art, SENTENCES, "left"), tokenize(art, SENTENCES, "right")
     ours, theirs = model(**left), eager(ckpt, task, right)
@@ -130,18 +135,20 @@ def _close(a, b) -> bool:
 
 PIPELINE_INPUTS = {
     "feature-extraction": ["the cat sat on the mat", "paris is the capital of france"],
-    "fill-mask": ["the cat [MASK] on the mat", "paris is the [MASK] of france"],
-    "text-classification": ["i love this movie", "what an awful film"],
+    "fill-mask": ["the cat [MASK] on the mat", "paris is the [MASK] of france, a big country in europe"],
+    "text-classification": ["i love this movie", "what an awful film, the worst i have seen this year"],
     "token-classification": ["john lives in london", "mary works in berlin"],
 }
 
 
-@pytest.mark.parametrize("task", list(PIPELINE_INPUTS))
-def test_pipeline_matches_transformers(encoders, task):
+@pytest.mark.parametrize(("task", "batch_size"), [*((t, 1) for t in PIPELINE_INPUTS), ("text-classification", 2),
+                                                  ("fill-mask", 2)])
+def test_pipeline_matches_transformers(encoders, task, batch_size):
+    """batch_size 2: the pipeline pads its batches (right, as BERT's tokenizer does)."""
     ckpt, art = encoders.get(task)
     tok = transformers.AutoTokenizer.from_pretrained(art)
-    ours = transformers.pipeline(task, model=CLASSES[task].from_pretrained(art), tokenizer=tok)
-    theirs = transformers.pipeline(task, model=reference(ckpt, task), tokenizer=tok)
+    ours = transformers.pipeline(task, model=CLASSES[task].from_pretrained(art), tokenizer=tok, batch_size=batch_size)
+    theirs = transformers.pipeline(task, model=reference(ckpt, task), tokenizer=tok, batch_size=batch_size)
     kwargs = {"top_k": None} if task == "text-classification" else {}
     got, want = ours(PIPELINE_INPUTS[task], **kwargs), theirs(PIPELINE_INPUTS[task], **kwargs)
     assert _close(got, want), (got, want)
@@ -172,9 +179,10 @@ def test_encode_matches_sentence_transformers(sentence_artifact):
 
     folder, art = sentence_artifact
     st = SentenceTransformer(str(folder), device="cpu")
+    st.max_seq_length = 32  # the artifact's longest input (the folder says 64): both sides truncate alike
     model = NeuronModelForFeatureExtraction.from_pretrained(art)
-    texts = [*SENTENCES, " ".join(["the cat sat on the mat"] * 5)]  # the last: 31 tokens, over max_seq_length=24
-    with pytest.warns(UserWarning, match=r"1 of 8 inputs are longer than max_seq_length=24"):
+    texts = [*SENTENCES, " ".join(["the cat sat on the mat"] * 6)]  # the last: 38 tokens
+    with pytest.warns(UserWarning, match=r"1 of 8 inputs are longer than max_seq_length=32"):
         got = model.encode(texts, batch_size=3)
     want = st.encode(texts)
     assert got.shape == want.shape == (8, 32) and got.dtype == want.dtype
@@ -183,7 +191,7 @@ def test_encode_matches_sentence_transformers(sentence_artifact):
     assert one.shape == (32,) and abs(one - want[0]).max() < 1e-5
     tensor = model.encode(SENTENCES[:2], convert_to_tensor=True)
     assert isinstance(tensor, torch.Tensor) and tensor.shape == (2, 32)
-    with pytest.raises(ValueError, match="exceed max_seq_length=24"):
+    with pytest.raises(ValueError, match="exceed max_seq_length=32"):
         model.encode(texts, truncate=False)
     assert model.encode([]).shape == (0, 32)  # (sentence-transformers 6: (0,))
 
@@ -319,3 +327,47 @@ def test_token_type_ids_checked_and_used(encoders):
                                rtol=1e-4)
     with pytest.raises(ValueError, match=r"token_type_ids must lie in \[0, 2\)"):
         model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"] * 2)
+
+
+# ---- a decoder embedder (Qwen3-Embedding's recipe: last-token pooling over an appended <|endoftext|>) ------
+@pytest.fixture(scope="session")
+def qwen_embedder(tmp_path_factory, tokenizer) -> tuple[Path, Path]:
+    from support.tiny import randomize_
+
+    root = tmp_path_factory.mktemp("qwen-embed")
+    config = transformers.Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                      max_position_embeddings=64, eos_token_id=tokenizer.eos_token_id,
+                                      architectures=["Qwen3Model"])
+    model = transformers.Qwen3Model(config)
+    randomize_(model, 0)
+    model.eval().save_pretrained(root / "ckpt")
+    tokenizer.save_pretrained(root / "ckpt")
+    return root / "ckpt", encoder_artifact(root / "ckpt", root / "art")
+
+
+def test_decoder_embedder_appends_endoftext_and_pools_the_last_token(qwen_embedder, tokenizer):
+    ckpt, art = qwen_embedder
+    texts = ["the cat sat on the mat", "hello", "what is the capital of france?"]
+    end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert tokenizer("hello")["input_ids"][-1] != end  # (SmolLM2's tokenizer, like Qwen's, appends nothing)
+    model = transformers.AutoModel.from_pretrained(ckpt, attn_implementation="eager").eval()
+    want = []
+    with torch.no_grad():
+        for text in texts:  # one row at a time: no padding on the reference side
+            ids = torch.tensor([[*tokenizer(text)["input_ids"], end]])
+            want.append(model(input_ids=ids).last_hidden_state[0, -1])
+    want = torch.nn.functional.normalize(torch.stack(want), dim=-1)
+    got = NeuronModelForFeatureExtraction.from_pretrained(art).encode(texts, normalize_embeddings=True,
+                                                                      convert_to_tensor=True)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
+
+
+def test_from_pretrained_export_true(encoders, tmp_path):
+    ckpt, _ = encoders.get("text-classification")
+    model = NeuronModelForSequenceClassification.from_pretrained(
+        ckpt, export=True, output=str(tmp_path / "art"), backend="torch-export", batch_size=2, sequence_length=16,
+        context_buckets=[16], compile_workers=0)
+    batch = tokenize(tmp_path / "art", SENTENCES[:3])
+    torch.testing.assert_close(model(**batch).logits, eager(ckpt, "text-classification", batch).logits, atol=ATOL,
+                               rtol=1e-4)

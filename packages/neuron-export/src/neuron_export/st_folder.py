@@ -23,6 +23,9 @@ _POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "
                   "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
                   "pooling_mode_lasttoken": "last_token"}
 _UNSUPPORTED_FLAGS = ("pooling_mode_weightedmean_tokens",)
+# sentence-transformers >= 6 saves one `pooling_mode` string instead of the flags
+_POOLING_NAMES = {"cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                  "lasttoken": "last_token"}
 
 
 @dataclass(kw_only=True, slots=True)
@@ -54,6 +57,11 @@ def read_sentence_transformers(directory: Path) -> SentenceTransformerInfo:
         raise CheckpointError(f"{directory / kinds[1][1]}/config.json: expected an object; repair the file")
     unsupported = [f for f in _UNSUPPORTED_FLAGS if pooling_config.get(f)]
     modes = [mode for flag, mode in _POOLING_FLAGS.items() if pooling_config.get(flag)]
+    named = pooling_config.get("pooling_mode")
+    for name in [named] if isinstance(named, str) else named if isinstance(named, list) else []:
+        (modes if name in _POOLING_NAMES else unsupported).append(_POOLING_NAMES.get(name, str(name)))
+    if pooling_config.get("include_prompt") is False:  # instruction models pool without their prompt tokens
+        unsupported.append("include_prompt: false")
     if unsupported or len(modes) != 1:
         raise UnsupportedArchitectureError(
             f"{directory / kinds[1][1]}/config.json turns on pooling {unsupported + modes or 'none'}; neuron-export "
