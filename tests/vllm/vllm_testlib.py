@@ -24,9 +24,6 @@ HERE = Path(__file__).resolve().parent
 WORKERS = HERE / "workers"
 SMOLLM2_SHAPES = dict(batch_size=8, sequence_length=256, max_context_length=128, context_buckets=[64, 128],
                       chunk_buckets=[64], torch_dtype="float32", backend="torch-aot")
-# all-MiniLM-L6-v2 as an embedding artifact: two graphs, (1, 128) and (8, 128).
-MINILM_SHAPES = dict(batch_size=8, sequence_length=128, context_buckets=[128], batch_buckets=[1, 8],
-                     torch_dtype="float32", backend="torch-aot")
 
 
 def vllm_env(**extra: str) -> dict[str, str]:
