@@ -96,6 +96,22 @@ def skeleton(hf_config, shapes):
     return model
 
 
+def run_jobs(one: Callable[..., Any], jobs: list[tuple], pool: WorkerPool | None) -> list[Any]:
+    """`one(*job)` for every job, results in job order: one after another here, or each in its own thread waiting
+    for a worker of `pool`; the first failure stops the other workers (their graphs are of no use then)."""
+    if pool is None:
+        return [one(*job) for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(jobs), thread_name_prefix="neuron-export-graph") as threads:
+        futures = [threads.submit(one, *job) for job in jobs]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            pool.stop()
+            raise
+
+
 class WorkerPool:
     """Runs `CompileRequest`s in at most `size` worker processes at once; `stop()` kills the running ones."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from neuron_cache.store import CompileCache, graph_cache_key
 from neuron_cache.trust import record_trusted
 from neuron_export.__about__ import __version__
 from neuron_export.backends import check_target, get_backend
-from neuron_export.compile_worker import CompileRequest, WorkerPool, compile_graph
+from neuron_export.compile_worker import CompileRequest, WorkerPool, compile_graph, run_jobs
 from neuron_export.convert import tied_aliases
 from neuron_export.errors import ExportError, ShapeError
 from neuron_export.models.spec import EncoderShapes
@@ -301,18 +300,8 @@ def _compile(model, hf_config, shapes: EncoderShapes, backend, target: str, back
                                 inputs=[TensorSpec(**s) for s in inputs],
                                 outputs=[TensorSpec(**s) for s in outputs]), took
 
-    numbered = [(i, *job) for i, job in enumerate(jobs, 1)]
     try:
-        if pool is None:
-            results = [one(*job) for job in numbered]
-        else:
-            with ThreadPoolExecutor(len(jobs), thread_name_prefix="neuron-export-graph") as threads:
-                futures = [threads.submit(one, *job) for job in numbered]
-                try:
-                    results = [f.result() for f in futures]
-                except BaseException:
-                    pool.stop()
-                    raise
+        results = run_jobs(one, [(i, *job) for i, job in enumerate(jobs, 1)], pool)
     finally:
         if pool is not None:
             pool.stop()

@@ -43,7 +43,7 @@ from neuron_cache.store import CompileCache, graph_cache_key
 from neuron_cache.trust import record_trusted
 from neuron_export.__about__ import __version__
 from neuron_export.backends import GraphJob, KernelChoice, check_target, cpu_kernels, get_backend
-from neuron_export.compile_worker import CompileRequest, WorkerPool, compile_graph, skeleton
+from neuron_export.compile_worker import CompileRequest, WorkerPool, compile_graph, run_jobs, skeleton
 from neuron_export.convert import rank_weights, sharding_plan, tied_aliases
 from neuron_export.encoder_export import ENCODER_COPIED, export_encoder, plan_encoder, wants_encoder
 from neuron_export.errors import ExportError, ShapeError, UnsupportedArchitectureError
@@ -402,17 +402,7 @@ def _compile_graphs(model, *, hf_config, shapes: StaticShapes, kernels: KernelCh
         )
         return name, entry, graph_derived, took
 
-    numbered = [(i, *job) for i, job in enumerate(jobs, 1)]
-    if pool is None:
-        results = [one(*job) for job in numbered]
-    else:
-        with ThreadPoolExecutor(len(jobs), thread_name_prefix="neuron-export-graph") as threads:
-            futures = [threads.submit(one, *job) for job in numbered]
-            try:
-                results = [f.result() for f in futures]
-            except BaseException:
-                pool.stop()  # the other graphs are of no use now: stop their workers
-                raise
+    results = run_jobs(one, [(i, *job) for i, job in enumerate(jobs, 1)], pool)
     for name, entry, graph_derived, took in results:  # in job order, whichever finished first
         graphs[name] = entry
         derived.update(graph_derived)
