@@ -257,7 +257,13 @@ def _compile(model, hf_config, shapes: EncoderShapes, backend, target: str, back
     from neuron_export.export import _compile_workers
 
     jobs = [(rows, bucket) for rows in shapes.batch_buckets for bucket in shapes.sequence_buckets]
-    flags = {**backend.default_flags(target), **options.flags}
+    # Inductor's kernels on every core, not on one as for the decoders (torch_aot.default_flags: decode-sized
+    # elementwise work): an encoder's LayerNorms and GELUs span (rows x bucket x hidden). MiniLM float32 graph calls,
+    # interleaved in one process on a 2-core Zen4: batch 32 x 14 tokens 79.5 -> 73.3 ms, x 128 tokens 585 -> 572 ms;
+    # within noise in bench/embedding_bench.py's whole encode().
+    ours = {"cpp.threads": -1} if backend.name == "torch-aot" and target == "cpu" else {}
+    asked = {**ours, **options.flags}
+    flags = {**backend.default_flags(target), **asked}
     arch = {**asdict(model.arch), "task": shapes.task, "pooling": shapes.pooling}
     trust_lock = threading.Lock()
     workers = _compile_workers(options, backend, len(jobs))
@@ -269,7 +275,7 @@ def _compile(model, hf_config, shapes: EncoderShapes, backend, target: str, back
         key = graph_cache_key(model_config=arch, shape_fields={"torch_dtype": shapes.dtype, "rows": rows},
                               role="encoder", bucket=bucket, backend=backend_id, flags=flags)
         request = CompileRequest(hf_config=hf_config, shapes=shapes, name=name, role="encoder", bucket=bucket,
-                                 rows=rows, kernels=KernelChoice(), flags=dict(options.flags), static=static,
+                                 rows=rows, kernels=KernelChoice(), flags=dict(asked), static=static,
                                  backend=backend.name, target=target)
         outputs = model.output_specs(rows, bucket)
         compiled_here = []
