@@ -168,6 +168,8 @@ def test_a_decoder_exports_as_an_embedder_with_last_token_pooling(tmp_path, save
     config = NeuronConfig.load(out)
     assert (config.task, config.pooling.mode, config.pooling.normalize) == ("feature-extraction", "last_token", True)
     assert [t.name for t in config.graphs["encoder_b4_s32"].inputs] == ["input_ids", "attention_mask"]
+    with pytest.raises(ShapeError, match="exceeds the model's max_position_embeddings"):
+        export_encoder(tmp_path / "ckpt", tmp_path / "too-long", task=task, sequence_length=128, context_buckets=[128])
 
 
 def test_a_folder_saved_by_sentence_transformers_6_exports_and_embeds_like_it(tiny_dirs, tmp_path):

@@ -95,6 +95,10 @@ def plan_encoder(options, source: ModelSource, hf_config: Any) -> EncoderPlan:
     pooling = _pooling(options, task, hf_config, st)
     dtype = _dtype(options.torch_dtype, hf_config)
     shapes = _shapes(options, task, pooling, dtype, st)
+    max_pos = getattr(hf_config, "max_position_embeddings", None)  # (encoder families check their position table)
+    if max_pos is not None and shapes.sequence_length > max_pos:
+        raise ShapeError(f"--sequence_length {shapes.sequence_length} exceeds the model's max_position_embeddings "
+                         f"({max_pos}); use --sequence_length <= {max_pos}")
     return EncoderPlan(source=source, hf_config=hf_config, task=task, pooling=pooling, shapes=shapes,
                        sentence_transformers=st)
 
