@@ -194,3 +194,26 @@ def test_pooling_without_the_prompt_is_refused(tiny_dirs, tmp_path):
     folder = _st_variant(tiny_dirs["st"], tmp_path / "st", pooling={"pooling_mode": "mean", "include_prompt": False})
     with pytest.raises(UnsupportedArchitectureError, match="include_prompt: false"):
         export_encoder(folder, tmp_path / "art")
+
+
+def test_encode_applies_the_models_named_prompts_like_sentence_transformers(tiny_dirs, tmp_path):
+    """config_sentence_transformers.json `prompts` (Qwen3-Embedding's "query") travel with the artifact."""
+    import shutil
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from neuron_infer import NeuronModelForFeatureExtraction
+
+    folder = shutil.copytree(tiny_dirs["st"], tmp_path / "st")
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "query: ", "doc": "passage: "}, "default_prompt_name": "doc"}))
+    ours = NeuronModelForFeatureExtraction.from_pretrained(export_encoder(folder, tmp_path / "art"))
+    st = SentenceTransformer(str(folder), device="cpu")
+    sentences = ["where is the lighthouse", "the lighthouse stands on the northern cape"]
+    np.testing.assert_allclose(ours.encode(sentences, prompt_name="query"), st.encode(sentences, prompt_name="query"),
+                               atol=1e-5)
+    np.testing.assert_allclose(ours.encode(sentences), st.encode(sentences), atol=1e-5)  # the default: "doc"
+    assert not np.allclose(ours.encode(sentences), ours.encode(sentences, prompt="")), "the default prompt applies"
+    with pytest.raises(ValueError, match=r"prompt_name='passage': the model's prompts are \['doc', 'query'\]"):
+        ours.encode(sentences, prompt_name="passage")

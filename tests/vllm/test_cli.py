@@ -52,3 +52,26 @@ def test_shape_options_must_agree_with_an_artifact(tiny_artifact):
     assert "--batch_size 4 disagrees" in out.stderr and "batch_size=2" in out.stderr
     ok = cli("serve", str(tiny_artifact), "--batch_size", "2", "--dry-run", "--", "--api-key", "k")
     assert ok.returncode == 0 and ok.stderr.strip().endswith("--api-key k")
+
+
+def test_an_embedding_checkpoint_is_exported_with_its_batch_buckets(tmp_path):
+    """A sentence-transformers folder served directly: exported as an embedding artifact with the batch buckets
+    asked for, served by vLLM's pooling runner; the same buckets then match it, others are refused."""
+    import os
+
+    from support.encoders import make_tiny_sentence_transformers
+
+    from neuron_cache import NeuronConfig
+
+    folder = make_tiny_sentence_transformers(tmp_path / "st")
+    env = {**os.environ, "NEURON_VLLM_ARTIFACTS": str(tmp_path / "artifacts"), "HF_HUB_OFFLINE": "1"}
+    args = ["--backend", "torch-export", "--batch_size", "4", "--batch_buckets", "1,4", "--sequence_length", "32",
+            "--context_buckets", "16,32", "--dry-run"]
+    first = cli("serve", str(folder), *args, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (artifact,) = (tmp_path / "artifacts").iterdir()
+    config = NeuronConfig.load(artifact)
+    assert (config.task, config.encoder_batch_buckets) == ("feature-extraction", [1, 4])
+    assert "--runner pooling" in first.stderr.strip().splitlines()[-1]
+    wrong = cli("serve", str(artifact), "--batch_buckets", "2,4", "--dry-run", env=env)
+    assert wrong.returncode == 2 and "--batch_buckets 2,4 disagrees" in wrong.stderr and "[1, 4]" in wrong.stderr

@@ -46,13 +46,36 @@ class SentenceEncoder:
             pass
         return min(n for n in limits if isinstance(n, int) and n > 0)
 
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The model's named prompts (config_sentence_transformers.json `prompts`, e.g. Qwen3-Embedding's "query")."""
+        return self._st_config()[0]
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        return self._st_config()[1]
+
+    def _st_config(self) -> tuple[dict[str, str], str | None]:
+        path = self.runtime.root / "config_sentence_transformers.json"
+        try:
+            data = json.loads(path.read_text()) if path.is_file() and path.stat().st_size < 1 << 20 else {}
+        except (OSError, ValueError):
+            data = {}
+        prompts = data.get("prompts") if isinstance(data, dict) else None
+        prompts = {k: v for k, v in prompts.items() if isinstance(k, str) and isinstance(v, str)} \
+            if isinstance(prompts, dict) else {}
+        default = data.get("default_prompt_name") if isinstance(data, dict) else None
+        return prompts, default if default in prompts else None
+
     def encode(self, sentences: str | list[str], batch_size: int = 32, normalize_embeddings: bool | None = None,
                convert_to_numpy: bool = True, convert_to_tensor: bool = False, show_progress_bar: bool = False,
-               prompt: str | None = None, truncate: bool = True) -> Any:  # np.ndarray, or torch.Tensor
+               prompt: str | None = None, truncate: bool = True, prompt_name: str | None = None) -> Any:
         """Sentence embeddings, (n, hidden) float32 (a 1-D vector for a single string), like sentence-transformers.
 
         `normalize_embeddings` None: L2-normalized when the model's are (a Normalize module, a decoder embedder's
         recipe). `truncate=False` refuses inputs longer than `max_seq_length` instead of cutting them.
+        `prompt_name` prepends one of `prompts` (the model's default_prompt_name, if any, when neither it nor
+        `prompt` is given); `prompt` prepends that text. Returns np.ndarray, or a torch.Tensor.
         `show_progress_bar` is accepted and ignored."""
         if self.runtime.config.pooling is None:
             raise ValueError(f"{self.runtime.root} has no pooling (a plain feature-extraction export), so it has no "
@@ -61,6 +84,13 @@ class SentenceEncoder:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
+        if prompt is None:
+            prompt_name = prompt_name or self.default_prompt_name
+            if prompt_name is not None and prompt_name not in self.prompts:
+                raise ValueError(f"prompt_name={prompt_name!r}: the model's prompts are {sorted(self.prompts) or 'none'} "
+                                 f"({self.runtime.root / 'config_sentence_transformers.json'}); pass one of them, or "
+                                 "prompt='...' for your own text")
+            prompt = self.prompts.get(prompt_name) if prompt_name is not None else None
         if prompt:
             texts = [prompt + t for t in texts]
         if texts:

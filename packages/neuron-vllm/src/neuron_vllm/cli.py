@@ -47,6 +47,8 @@ def main() -> None:
               help="Longest prompt (export only; default: the sequence length).")
 @click.option("--context_buckets", "--context-buckets", callback=_buckets, default=None,
               help="Prompt buckets, comma-separated (export only).")
+@click.option("--batch_buckets", "--batch-buckets", callback=_buckets, default=None,
+              help="Embedding models: the batch sizes compiled, e.g. 1,8 (export only; default 1 and batch_size).")
 @click.option("--tensor_parallel_size", "--tensor-parallel-size", type=click.IntRange(min=1), default=None)
 @click.option("--torch_dtype", "--torch-dtype", "--dtype", default=None, help="float32, bfloat16, float16.")
 @click.option("--backend", default="torch-aot", help="Export backend when MODEL is not an artifact.")

@@ -28,6 +28,7 @@ class ServeOptions:
     sequence_length: int | None = None
     max_context_length: int | None = None
     context_buckets: list[int] | None = None
+    batch_buckets: list[int] | None = None  # encoders: the graphs' batch rows
     tensor_parallel_size: int | None = None
     torch_dtype: str | None = None
     backend: str = "torch-aot"
@@ -56,6 +57,7 @@ def default_output(opts: ServeOptions) -> Path:
     name = re.sub(r"[^A-Za-z0-9._-]+", "--", Path(opts.model).name if Path(opts.model).exists() else opts.model)
     shape = (f"b{opts.batch_size or EXPORT_DEFAULTS['batch_size']}-s{opts.sequence_length or EXPORT_DEFAULTS['sequence_length']}"
              f"-c{opts.max_context_length or 'auto'}-k{'_'.join(map(str, opts.context_buckets or [])) or 'auto'}"
+             f"{'-r' + '_'.join(map(str, opts.batch_buckets)) if opts.batch_buckets else ''}"
              f"-tp{opts.tensor_parallel_size or 1}-{opts.torch_dtype or 'auto'}-{opts.backend}")
     return artifacts_home() / f"{name}-{shape}"
 
@@ -65,6 +67,10 @@ def check_artifact_matches(config: NeuronConfig, opts: ServeOptions, root: Path)
     wanted = {"batch_size": opts.batch_size, "sequence_length": opts.sequence_length,
               "max_context_length": opts.max_context_length, "tensor_parallel_size": opts.tensor_parallel_size,
               "torch_dtype": opts.torch_dtype, "context_buckets": opts.context_buckets}
+    if opts.batch_buckets is not None and opts.batch_buckets != config.encoder_batch_buckets:
+        raise ServeError(f"--batch_buckets {','.join(map(str, opts.batch_buckets))} disagrees with the artifact {root}, "
+                         f"compiled with batch buckets {config.encoder_batch_buckets}. Fix: drop --batch_buckets to "
+                         "serve the artifact as compiled, or serve the original model to export a new artifact.")
     for name, value in wanted.items():
         have = getattr(config, name)
         if value is not None and value != have:
@@ -112,8 +118,9 @@ def export_command(opts: ServeOptions, out: Path) -> list[str]:
             value = EXPORT_DEFAULTS.get(name)
         if value is not None:
             args += [f"--{name}", str(value)]
-    if opts.context_buckets:
-        args += ["--context_buckets", ",".join(map(str, opts.context_buckets))]
+    for name in ("context_buckets", "batch_buckets"):
+        if getattr(opts, name):
+            args += [f"--{name}", ",".join(map(str, getattr(opts, name)))]
     # The console script may live outside this interpreter's bin; run the same module instead.
     return [sys.executable, "-c", "from neuron_export.cli import main; main(prog_name='neuron-export')", *args,
             str(out)]
