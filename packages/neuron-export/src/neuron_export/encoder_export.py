@@ -34,7 +34,6 @@ from neuron_cache.artifact import GRAPHS_DIR, WEIGHTS_DIR
 from neuron_cache.config import ENCODER_TASKS, POOLING_MODES
 from neuron_cache.config import VALIDATION_ATOL as DEFAULT_ATOL
 from neuron_cache.store import CompileCache, graph_cache_key
-from neuron_cache.trust import record_trusted
 from neuron_export.__about__ import __version__
 from neuron_export.backends import check_target, get_backend
 from neuron_export.compile_worker import CompileRequest, WorkerPool, compile_graph, run_jobs
@@ -258,7 +257,7 @@ def _compile(model, hf_config, shapes: EncoderShapes, backend, target: str, back
     """Every (rows, bucket) graph through the compile cache; in worker processes when the backend compiles from
     shapes (several at once on several cores), else here one after another."""
     from neuron_export.backends import KernelChoice
-    from neuron_export.export import _compile_workers
+    from neuron_export.export import _compile_workers, install_graph
 
     jobs = [(rows, bucket) for rows in shapes.batch_buckets for bucket in shapes.sequence_buckets]
     # Inductor's kernels on every core, not on one as for the decoders (torch_aot.default_flags: decode-sized
@@ -299,11 +298,7 @@ def _compile(model, hf_config, shapes: EncoderShapes, backend, target: str, back
         inputs = [{"name": n, "shape": [rows, bucket], "dtype": "int64"} for n in model.input_names()]
         cached = cache.get_or_compile(key, compile_fn, filename=filename,
                                       meta={"graph": name, "inputs": inputs, "outputs": outputs})
-        rel = f"{GRAPHS_DIR}/{filename}"
-        shutil.copyfile(cached, out / rel)
-        digest = sha256_file(out / rel)
-        with trust_lock:
-            record_trusted(digest, origin=f"neuron-export {__version__}: {name} of {options.model}")
+        rel, digest = install_graph(cached, out, filename, f"{name} of {options.model}", trust_lock)
         took = time.perf_counter() - t
         log(f"[{i}/{len(jobs)}] {name}: {'compiled' if compiled_here else 'from the compile cache'} in {took:.1f} s")
         return name, GraphEntry(file=rel, sha256=digest, role="encoder", bucket=bucket, rows=rows,

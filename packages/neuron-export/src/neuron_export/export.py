@@ -384,13 +384,7 @@ def _compile_graphs(model, *, hf_config, shapes: StaticShapes, kernels: KernelCh
                                   f"{sorted(got_derived)}, but announced {sorted(graph_derived)}; report a bug")
 
         cached = cache.get_or_compile(key, compile_fn, filename=filename, meta={"graph": name, **signature})
-        rel = f"{GRAPHS_DIR}/{filename}"
-        shutil.copyfile(cached, out / rel)
-        # This machine produced the graph (compiled it, or took it from the compile cache it was pointed
-        # at): record its digest so the artifact loads here without a trust_remote_code consent.
-        digest = sha256_file(out / rel)
-        with trust_lock:
-            record_trusted(digest, origin=f"neuron-export {__version__}: {name} of {options.model}")
+        rel, digest = install_graph(cached, out, filename, f"{name} of {options.model}", trust_lock)
         took = time.perf_counter() - t
         how = "compiled" if compiled_here else "from the compile cache"
         log(f"[{i}/{len(jobs)}] {name}: {how} in {took:.1f} s")
@@ -408,6 +402,18 @@ def _compile_graphs(model, *, hf_config, shapes: StaticShapes, kernels: KernelCh
         derived.update(graph_derived)
         seconds[name] = took
     return graphs, derived, seconds
+
+
+def install_graph(cached: Path, out: Path, filename: str, what: str, lock: threading.Lock) -> tuple[str, str]:
+    """Copy a compiled (or cached) graph into the artifact; returns its relative path and sha256. This machine
+    produced the graph (compiled it, or took it from the compile cache it was pointed at): its digest is recorded
+    so the artifact loads here without a trust_remote_code consent."""
+    rel = f"{GRAPHS_DIR}/{filename}"
+    shutil.copyfile(cached, out / rel)
+    digest = sha256_file(out / rel)
+    with lock:  # the trust store is one file, written by each graph's thread
+        record_trusted(digest, origin=f"neuron-export {__version__}: {what}")
+    return rel, digest
 
 
 GRAPH_CODE_DIRS = ("models", "backends")
