@@ -11,10 +11,10 @@ from collections.abc import Mapping
 
 import torch
 
+from neuron_cache.arch.llama import Llama
 from neuron_cache.config import SHARD_LAYOUTS
 from neuron_export.errors import MissingWeightsError
 from neuron_export.models.decoder import DecoderModel
-from neuron_export.models.llama import Llama
 
 _LAYER = re.compile(r"^layers\.(\d+)\.")
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
+from neuron_cache.arch.llama import Llama
 from neuron_export.convert import convert_checkpoint
 from neuron_export.models import family_for
 from neuron_export.models.decoder import DecoderModel, rope_tables
-from neuron_export.models.llama import Llama
 from neuron_export.models.spec import StaticShapes
 
 

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neuron_cache.arch.spec import DecoderArch
 from neuron_export.models.parallel import all_reduce, gather_vocab, local_token_rows, rank_arch, vocab_shard_rows
 from neuron_export.models.sampling import sample_on_device
-from neuron_export.models.spec import DecoderArch, StaticShapes
+from neuron_export.models.spec import StaticShapes
 
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 

@@ -29,7 +29,7 @@ from dataclasses import replace
 
 import torch
 
-from neuron_export.models.spec import DecoderArch
+from neuron_cache.arch.spec import DecoderArch
 
 
 class TensorParallelError(ValueError):

@@ -1,57 +1,8 @@
-"""Typed descriptions of a static-shape decoder: its architecture and its compiled shapes."""
+"""The compiled shapes of a static-shape export (the architecture itself is described in neuron_cache.arch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-
-@dataclass(kw_only=True, slots=True)
-class DecoderArch:
-    """Everything about a Llama-family transformer that changes the graph (not the weights).
-
-    Each architecture file builds one of these from a Hugging Face config; the modules in
-    `llama.py` read nothing else.
-    """
-
-    model_type: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    hidden_act: str = "silu"
-    qkv_bias: bool = False
-    o_bias: bool = False
-    mlp_bias: bool = False
-    qk_norm: bool = False  # qwen3: RMSNorm over head_dim on q and k, before rope
-    tie_word_embeddings: bool = False
-    rotary_dim: int | None = None  # None: the whole head_dim is rotated
-    rope_layers: list[bool] | None = None  # smollm3: False marks a NoPE layer; None: rope everywhere
-    sliding_windows: list[int | None] | None = None  # per layer; None: full causal attention
-    attention_scale: float | None = None  # None: head_dim ** -0.5 (granite: attention_multiplier)
-    embedding_multiplier: float = 1.0  # granite
-    residual_multiplier: float = 1.0  # granite
-    logits_divisor: float = 1.0  # granite: logits_scaling
-
-    def __post_init__(self) -> None:
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads "
-                f"({self.num_kv_heads}) for grouped-query attention"
-            )
-
-    @property
-    def scale(self) -> float:
-        return self.attention_scale if self.attention_scale is not None else self.head_dim**-0.5
-
-    def uses_rope(self, layer: int) -> bool:
-        return self.rope_layers is None or self.rope_layers[layer]
-
-    def sliding_window(self, layer: int) -> int | None:
-        return None if self.sliding_windows is None else self.sliding_windows[layer]
 
 
 @dataclass(kw_only=True, slots=True)

@@ -3,11 +3,11 @@ registry over both."""
 
 from __future__ import annotations
 
+from neuron_cache.arch.llama import Llama
 from neuron_export.models.encoders.bert import Bert
 from neuron_export.models.encoders.distilbert import DistilBert
 from neuron_export.models.encoders.mpnet import MPNet
 from neuron_export.models.encoders.roberta import Roberta
-from neuron_export.models.llama import Llama
 
 ENCODER_FAMILIES: tuple[type[Bert], ...] = (Bert, Roberta, DistilBert, MPNet)
 _BY_MODEL_TYPE = {t: f for f in ENCODER_FAMILIES for t in f.model_types}

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuron_cache.arch.llama import Llama
 from neuron_export.errors import MissingWeightsError, ShapeError
 from neuron_export.models.encoders import encoder_family_for
 from neuron_export.models.encoders.bert import Bert
 from neuron_export.models.encoders.decoder_embed import DecoderEmbedModel
 from neuron_export.models.encoders.model import EncoderModel, check_task
-from neuron_export.models.llama import Llama
 
 _LAYER = re.compile(r"^layers\.(\d+)\.")
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuron_cache.arch.spec import DecoderArch
 from neuron_export.models.decoder import DecoderLayer, RMSNorm
 from neuron_export.models.encoders.model import pool
-from neuron_export.models.spec import DecoderArch, StaticShapes
+from neuron_export.models.spec import StaticShapes
 
 
 class DecoderEmbedModel(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from neuron_export.models.llama import Llama
+from neuron_cache.arch.llama import Llama
 
 
 class Mistral(Llama):

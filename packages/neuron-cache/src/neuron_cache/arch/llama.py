@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from neuron_export.models.spec import DecoderArch
+from neuron_cache.arch.spec import DecoderArch
 
 ATTN = "model.layers.{i}.self_attn"
 MLP = "model.layers.{i}.mlp"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from neuron_export.models.llama import Llama
-from neuron_export.models.qwen2 import sliding_windows
+from neuron_cache.arch.llama import Llama
+from neuron_cache.arch.qwen2 import sliding_windows
 
 
 class SmolLM3(Llama):
