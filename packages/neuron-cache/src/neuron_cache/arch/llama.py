@@ -1,6 +1,7 @@
 """Llama: the base architecture. Every other file here subclasses it and overrides only what differs.
 
-An architecture is three pieces of data beside the shared decoder (`decoder.py`):
+An architecture is three pieces of data, read by neuron-export's static decoder (`neuron_export/models/decoder.py`)
+and by neuron-train's training modules:
 - `arch()`: the Hugging Face config read into a typed `DecoderArch`;
 - `CHECKPOINT`: our parameter name -> the checkpoint tensors concatenated (dim 0) into it;
 - `SHARDING`: our parameter name -> tensor-parallel partition dim and fused segments.
@@ -39,7 +40,7 @@ class Llama:
     }
 
     # partition_dim, and the name of the fused-segment rule (see `segments`) or of a layout (neuron_cache
-    # SHARD_LAYOUTS: "vocab", "partial"); absent: replicated. models/parallel.py says why each is so.
+    # SHARD_LAYOUTS: "vocab", "partial"); absent: replicated. neuron_export/models/parallel.py says why each is so.
     SHARDING: ClassVar[dict[str, tuple[int | None, str | None]]] = {
         "embed_tokens.weight": (0, "vocab"),
         "layers.{i}.attn.qkv_proj.weight": (0, "qkv"),
