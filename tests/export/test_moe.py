@@ -8,14 +8,11 @@ graphs); prefill buckets of 8 tokens take the per-pair gather path of models/moe
 from __future__ import annotations
 
 import pytest
-import torch
-from support.moe import CONFIGS, generate, moe_reference, save_moe_checkpoint
+from support.moe import CONFIGS, PROMPTS, generate, moe_reference, save_moe_checkpoint
 from support.tiny import export_tiny, transformers_greedy
 
 from neuron_infer import NeuronModelForCausalLM
 
-PROMPTS = [[5, 9, 33, 7, 100], [11, 3, 150, 42, 8, 19, 77, 61, 2, 90, 14, 27, 6],
-           [int(x) for x in torch.randint(3, 160, (27,), generator=torch.Generator().manual_seed(1))]]
 NEW = 16
 # The sub-batch graphs and 3 buckets; KV-bucket and chunk graphs only where a case asks (export time).
 SHAPES = dict(batch_size=3, decode_batches=[1, 2], sequence_length=64, max_context_length=32,

@@ -33,6 +33,10 @@ CONFIGS = {
                                                          decoder_sparse_step=2),
 }
 
+# three prompts of lengths 5, 13 and 27: one in each of the buckets 8, 16 and 32
+PROMPTS = [[5, 9, 33, 7, 100], [11, 3, 150, 42, 8, 19, 77, 61, 2, 90, 14, 27, 6],
+           [int(x) for x in torch.randint(3, 160, (27,), generator=torch.Generator().manual_seed(1))]]
+
 
 def moe_reference(config: Any, seed: int = 0) -> torch.nn.Module:
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager",

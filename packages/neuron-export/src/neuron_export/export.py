@@ -284,7 +284,7 @@ def _load_checkpoint(source, hf_config, shapes: StaticShapes, options: ExportOpt
     hf_state = hf_model.state_dict() if hf_model is not None else load_state_dict(source)
     # The checkpoint converts into the whole model; with tensor parallelism the graphs are traced on rank 0's
     # share of it (each rank's share goes into its own weights file).
-    family_, full = build_decoder(hf_config, replace(shapes, tensor_parallel_size=1))
+    family_, full = build_decoder(hf_config, replace(shapes, tensor_parallel_size=1, expert_parallel_size=1))
     weights = bind_checkpoint(family_, full, hf_state)
     quantization = None if options.quantize is None else quantize_model(
         full, family_, options.quantize, options.quant_group_size, hf_config=hf_config, log=log,
