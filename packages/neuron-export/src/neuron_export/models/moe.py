@@ -5,13 +5,16 @@ Routing is transformers' (5.19 `MixtralTopKRouter` / `Qwen3MoeTopKRouter`): soft
 top-k, renormalised to sum 1 iff `norm_topk_prob`; qwen3_moe casts the k weights to the activations' dtype before
 scaling the expert outputs, mixtral scales in fp32 and casts the product (`routing_weights_fp32`).
 
-The graphs have static shapes, so the work per graph is fixed at trace time from its token count: the P = tokens * k
-selected pairs are laid out in blocks of `block` rows that all go to one expert (pairs sorted by expert, each
-expert's run padded to whole blocks), each block's expert weights are gathered (index_select on the expert dim) and
-the blocks are batch-multiplied. A decode step uses blocks of one row (no sort, no padding: P weight slices gathered,
-no expert computed that no token chose); prefill uses larger blocks (fewer weight copies, some padded rows). Both
-are stock aten ops that torch.export and AOTInductor handle in every dtype (`aten._grouped_mm`, which would avoid
-the weight copies, only traces in bf16 in torch 2.13). `bench/moe_paths.py` measures the choices.
+Only the selected (token, expert) pairs are computed, and expert weights are never copied: each expert's weights are
+views (`gate_up_proj[e]`) of the stacked parameters, indexed by ids the graph reads from its own routing (unbacked
+symbolic ints, which torch.export and AOTInductor handle). The graph's token count fixes the layout at trace time:
+- decode (fewer pairs than experts): pair by pair, P = tokens * k GEMVs over the chosen experts' weights;
+- prefill: pairs sorted by expert, each expert's run (a length known only at run time) through its weights, as
+  transformers' own loop does, in one static graph.
+The alternatives measured in bench/moe_paths.py lose: copying each pair's expert weights out (index_select on the
+expert dim) and batch-multiplying costs more in copies than the matmuls; padding sorted pairs to fixed-size blocks
+adds copies and wasted rows; `aten._grouped_mm` (in place) traces only in bf16 in torch 2.13; dense over all
+experts costs num_experts / k times the work.
 
 Parallelism (models/parallel.py): with tensor_parallel_size tp and expert_parallel_size ep, rank r holds the
 num_experts / ep experts of group r // (tp / ep), each cut to its slice of the experts' hidden dimension; every rank
@@ -29,14 +32,11 @@ from neuron_cache.arch.spec import DecoderArch
 from neuron_export.models.parallel import all_reduce
 
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
-# Rows per block in graphs whose selected pairs outnumber the local experts (prefill); see bench/moe_paths.py.
-PREFILL_BLOCK = 16
-
-
-def block_rows(pairs: int, experts: int) -> int:
-    """Rows per expert block for a graph of `pairs` (token, expert) pairs: 1 (gather every pair's expert) while
-    that copies no more weights than padding would waste, else PREFILL_BLOCK."""
-    return 1 if pairs <= 2 * experts else PREFILL_BLOCK
+def per_pair(pairs: int, experts: int, ep: int = 1) -> bool:
+    """Whether a graph of `pairs` (token, expert) pairs runs pair by pair (decode) or expert by expert (prefill):
+    pair by pair while pairs are fewer than experts (fewer matmul calls; bench/moe_paths.py), never with expert
+    parallelism (another rank's pairs would still cost a GEMV each; expert by expert skips them)."""
+    return pairs < experts and ep == 1
 
 
 class Experts(nn.Module):
@@ -86,51 +86,44 @@ class MoE(nn.Module):
         if self.ep > 1:  # pairs routed to another rank's experts weigh 0 here (that rank adds them)
             ids = ids - self.expert_offset
             mine = (ids >= 0) & (ids < self.local_experts)
-            # (decode gathers expert 0 for them; prefill sorts them past the last block: id local_experts)
             weights, ids = torch.where(mine, weights, 0), torch.where(mine, ids, self.local_experts)
-        block = block_rows(ids.numel(), self.local_experts)
-        out = self._pairs(h, weights, ids) if block == 1 else self._blocks(h, weights, ids, block)
+        out = self._pairs(h, weights, ids) if per_pair(ids.numel(), self.local_experts, self.ep) else \
+            self._experts(h, weights, ids)
         return all_reduce(out.view(B, T, H), self.tp)
 
-    def _mlp(self, rows: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        """rows (n, b, H) through expert experts[j] for block j: the selected weight slices, batch-multiplied."""
-        gate_up = torch.bmm(rows, self.experts.gate_up_proj.index_select(0, experts).transpose(1, 2))
-        gate, up = gate_up.split(self.intermediate, dim=-1)
-        return torch.bmm(self.act(gate) * up, self.experts.down_proj.index_select(0, experts).transpose(1, 2))
+    def _expert(self, rows: torch.Tensor, e: int | torch.SymInt) -> torch.Tensor:
+        """rows (n, H) through expert e: its weights are views of the stacked parameters, never copied."""
+        gate, up = F.linear(rows, self.experts.gate_up_proj[e]).split(self.intermediate, dim=-1)
+        return F.linear(self.act(gate) * up, self.experts.down_proj[e])
 
     def _pairs(self, h: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """One block per (token, expert) pair: (N*k, 1, H) rows, N*k weight slices."""
+        """Decode: each (token, expert) pair through its expert, the expert id read in the graph (P = N*k GEMVs)."""
         N, k = ids.shape
-        ids = ids.clamp(max=self.local_experts - 1)  # another rank's pair (id local_experts, weight 0)
-        rows = h.repeat_interleave(k, dim=0).unsqueeze(1)
-        out = self._mlp(rows, ids.reshape(-1)).view(N, k, -1)
+        outs = []
+        for j, e in enumerate(ids.reshape(-1).tolist()):
+            torch._check(e >= 0)
+            torch._check(e < self.local_experts)
+            outs.append(self._expert(h[j // k:j // k + 1], e))
+        out = torch.cat(outs).view(N, k, -1)
         return (out * weights.unsqueeze(-1)).to(h.dtype).sum(dim=1)
 
-    def _blocks(self, h: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, block: int) -> torch.Tensor:
-        """Pairs sorted by expert into blocks of `block` rows of one expert each (each expert's run padded to whole
-        blocks with a zero row of weight 0): at most ceil(N*k / block) + E blocks, a static bound."""
+    def _experts(self, h: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Prefill: pairs sorted by expert, each expert's run (a data-dependent length, read in the graph) through
+        its expert; another rank's pairs (id local_experts) sort last and are skipped. Outputs are added per token
+        in ascending expert order, as transformers' loop adds them."""
         N, k = ids.shape
-        E, P = self.local_experts, N * k
-        nblocks = -(-P // block) + E
-        S = nblocks * block  # slots; slot S is a dump for pairs of another rank's experts (id E, sorted last)
+        P, E = N * k, self.local_experts
         flat = ids.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        expert = flat.index_select(0, order)  # (P,) sorted
+        token = torch.div(order, k, rounding_mode="floor")  # (P,) the token of each sorted pair
+        rows = h.index_select(0, token)
         counts = torch.zeros(E + 1, dtype=torch.long, device=h.device).index_add_(0, flat, torch.ones_like(flat))
-        padded = (counts[:E] + block - 1) // block * block
-        first_slot = torch.cat([torch.cumsum(padded, 0) - padded, padded.new_full((1,), S)])
-        first_pair = torch.cumsum(counts, 0) - counts  # where each expert's pairs start in sorted order
-        rank_in_run = torch.arange(P, device=h.device) - first_pair.index_select(0, expert)
-        slot = torch.where(expert < E, first_slot.index_select(0, expert) + rank_in_run, S)
-        # slot -> token row (N: the zero row) and routing weight (0 on padding)
-        token = torch.full((S + 1,), N, dtype=torch.long, device=h.device)
-        token = token.index_put((slot,), torch.div(order, k, rounding_mode="floor"))[:S]
-        scale = torch.zeros(S + 1, dtype=weights.dtype, device=h.device)
-        scale = scale.index_put((slot,), weights.reshape(-1).index_select(0, order))[:S]
-        # block j belongs to the expert whose run holds slot j * block (blocks past the last run: padding only)
-        starts = torch.arange(nblocks, device=h.device) * block
-        block_expert = (torch.cumsum(padded, 0).view(1, E) <= starts.view(-1, 1)).sum(1).clamp(max=E - 1)
-        rows = torch.cat([h, h.new_zeros(1, h.shape[1])]).index_select(0, token).view(nblocks, block, -1)
-        out = self._mlp(rows, block_expert).reshape(S, -1)
-        out = (out * scale.unsqueeze(-1)).to(h.dtype)
-        return h.new_zeros(N + 1, h.shape[1]).index_add_(0, token, out)[:N]
+        outs, start = [], 0
+        for e, count in enumerate(counts[:E].tolist()):
+            torch._check(count >= 0)
+            torch._check(start + count <= P)
+            outs.append(self._expert(rows.narrow(0, start, count), e))
+            start = start + count
+        out = torch.cat(outs)  # (pairs of this rank's experts, H)
+        scale = weights.reshape(-1).index_select(0, order).narrow(0, 0, out.shape[0]).unsqueeze(-1)
+        return h.new_zeros(h.shape).index_add_(0, token.narrow(0, 0, out.shape[0]), (out * scale).to(h.dtype))
