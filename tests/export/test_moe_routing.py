@@ -110,22 +110,24 @@ def test_expert_parallel_errors():
 
 
 class _BothLayouts(torch.nn.Module):
-    """A decode step (3 rows: per-pair gather) and a prefill (32 tokens: sorted blocks) in one graph."""
+    """A decode step (3 rows: pair by pair) and a prefill (32 tokens: expert by expert), float32 and bfloat16
+    (whose scatter ops AOTInductor runs through another path), in one graph."""
 
-    def __init__(self, m: moe.MoE):
+    def __init__(self):
         super().__init__()
-        self.m = m
+        self.fp32, self.bf16 = block(), block().to(torch.bfloat16)
 
-    def forward(self, decode: torch.Tensor, prefill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.m(decode), self.m(prefill)
+    def forward(self, decode: torch.Tensor, prefill: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (self.fp32(decode), self.fp32(prefill), self.bf16(decode.bfloat16()), self.bf16(prefill.bfloat16()))
 
 
 def test_aot_inductor_compiles_both_layouts(tmp_path):
-    """The one AOTInductor compile of these tests (~10-20 s): aten's sort, index_put and bmm in C++."""
-    module, inputs = _BothLayouts(block()), (torch.randn(3, 1, H), torch.randn(1, 32, H))
+    """The one AOTInductor compile of these tests (~10-20 s): sort, data-dependent expert runs, C++."""
+    module, inputs = _BothLayouts(), (torch.randn(3, 1, H), torch.randn(1, 32, H))
     with torch.no_grad():
         program = torch.export.export(module, inputs)
         path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "moe.pt2"))
         compiled = torch._inductor.aoti_load_package(path)
         for got, want in zip(compiled(*inputs), module(*inputs)):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            tol = 1e-5 if got.dtype == torch.float32 else 2e-2
+            torch.testing.assert_close(got, want, rtol=tol, atol=tol)

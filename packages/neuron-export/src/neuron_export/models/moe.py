@@ -109,14 +109,12 @@ class MoE(nn.Module):
 
     def _experts(self, h: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Prefill: pairs sorted by expert, each expert's run (a data-dependent length, read in the graph) through
-        its expert; another rank's pairs (id local_experts) sort last and are skipped. Outputs are added per token
-        in ascending expert order, as transformers' loop adds them."""
+        its expert; another rank's pairs (id local_experts) sort last and are skipped (zeros)."""
         N, k = ids.shape
         P, E = N * k, self.local_experts
         flat = ids.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        token = torch.div(order, k, rounding_mode="floor")  # (P,) the token of each sorted pair
-        rows = h.index_select(0, token)
+        rows = h.index_select(0, torch.div(order, k, rounding_mode="floor"))  # (P, H) each sorted pair's token
         counts = torch.zeros(E + 1, dtype=torch.long, device=h.device).index_add_(0, flat, torch.ones_like(flat))
         outs, start = [], 0
         for e, count in enumerate(counts[:E].tolist()):
@@ -124,6 +122,8 @@ class MoE(nn.Module):
             torch._check(start + count <= P)
             outs.append(self._expert(rows.narrow(0, start, count), e))
             start = start + count
-        out = torch.cat(outs)  # (pairs of this rank's experts, H)
-        scale = weights.reshape(-1).index_select(0, order).narrow(0, 0, out.shape[0]).unsqueeze(-1)
-        return h.new_zeros(h.shape).index_add_(0, token.narrow(0, 0, out.shape[0]), (out * scale).to(h.dtype))
+        outs.append(h.new_zeros(P - start, h.shape[1]))  # another rank's pairs
+        # Back to pair order by a gather, not a scatter-add: AOTInductor runs a 16-bit index_add through its proxy
+        # executor, which miscounts its int arguments in torch 2.13 ("Mismatch between ints consumed and num_ints").
+        out = torch.cat(outs).index_select(0, torch.argsort(order)).view(N, k, -1)
+        return (out * weights.unsqueeze(-1)).to(h.dtype).sum(dim=1)
