@@ -180,6 +180,9 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
     target = options.target or backend.default_target
     check_target(backend, target)
     check_options(options.quantize, options.quant_group_size, backend.name, target, options.tensor_parallel_size)
+    if options.quantize and family.arch(hf_config).num_experts:
+        raise ExportError(f"--quantize {options.quantize}: {hf_config.model_type} has routed experts, which the "
+                          "quantizer does not cover (it would quantize only the router); drop --quantize")
     shapes = _shapes(options, hf_config, dtype)
     kernels = backend.choose_kernels(target, dtype, prepack_weights=options.prepack_weights,
                                      prefill_upcast=options.prefill_upcast, gemv16=options.gemv16)
