@@ -448,7 +448,9 @@ def _graph_shape_fields(shapes: StaticShapes) -> dict[str, Any]:
     graph for bucket 128 is the same whichever other buckets an export asks for."""
     return {"batch_size": shapes.batch_size, "sequence_length": shapes.sequence_length, "torch_dtype": shapes.dtype,
             "on_device_sampling": shapes.on_device_sampling, "max_topk": shapes.max_topk,
-            "tensor_parallel_size": shapes.tensor_parallel_size, "expert_parallel_size": shapes.expert_parallel_size}
+            "tensor_parallel_size": shapes.tensor_parallel_size,
+            # only when set: the keys of every graph exported before expert parallelism existed stay the same
+            **({"expert_parallel_size": shapes.expert_parallel_size} if shapes.expert_parallel_size != 1 else {})}
 
 
 def _bound_tensors(model) -> dict[str, torch.Tensor]:
