@@ -31,7 +31,8 @@ from torch import nn
 from neuron_cache.arch.spec import DecoderArch
 from neuron_export.models.parallel import all_reduce
 
-ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
 def per_pair(pairs: int, experts: int, ep: int = 1) -> bool:
     """Whether a graph of `pairs` (token, expert) pairs runs pair by pair (decode) or expert by expert (prefill):
     pair by pair while pairs are fewer than experts (fewer matmul calls; bench/moe_paths.py), never with expert
@@ -59,6 +60,8 @@ class MoE(nn.Module):
         self.intermediate = arch.expert_intermediate_size
         self.router = nn.Linear(arch.hidden_size, arch.num_experts, bias=False)
         self.experts = Experts(self.local_experts, arch.hidden_size, self.intermediate)
+        from neuron_export.models.decoder import ACTIVATIONS  # decoder.py imports this module: read it at build
+
         self.act = ACTIVATIONS[arch.hidden_act]
         if ep > 1:  # the first expert this rank holds: a per-rank constant (rank_buffers), the graph is SPMD
             self.register_buffer("expert_offset", torch.zeros((), dtype=torch.long))
