@@ -32,7 +32,6 @@ from neuron_cache.arch.spec import DecoderArch
 from neuron_export.models.parallel import all_reduce
 
 
-
 def per_pair(pairs: int, experts: int, ep: int = 1) -> bool:
     """Whether a graph of `pairs` (token, expert) pairs runs pair by pair (decode) or expert by expert (prefill):
     pair by pair while pairs are fewer than experts (fewer matmul calls; bench/moe_paths.py), never with expert
