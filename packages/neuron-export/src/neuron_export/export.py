@@ -548,7 +548,8 @@ def _shapes(options: ExportOptions, hf_config, dtype: str) -> StaticShapes:
         try:
             rank_arch(family_for(hf_config.model_type).arch(hf_config), tp, ep)
         except ValueError as err:
-            raise ShapeError(f"--tensor_parallel_size {tp} --expert_parallel_size {ep}: {err}") from None
+            given = f"--tensor_parallel_size {tp}" + (f" --expert_parallel_size {ep}" if ep != 1 else "")
+            raise ShapeError(f"{given}: {err}") from None
     # The artifact contract owns the shape rules; reuse them to report impossible shapes early.
     chunk_buckets = default_chunk_buckets(buckets) if options.chunk_buckets is None else list(options.chunk_buckets)
     probe = {"batch_size": options.batch_size, "max_batch_size": options.batch_size,
