@@ -2,12 +2,13 @@
 
 Each case is exported once (torch-export backend, batch 3 with 1- and 2-row decode graphs, buckets 8/16/32) and
 generates greedily for three prompts of different lengths together, then for two and one of them (the sub-batch
-graphs); prefill buckets of 8 tokens take the per-pair gather path of models/moe.py, larger ones the sorted blocks.
+graphs); decode graphs of few rows run pair by pair (models/moe.py), larger ones and prefill expert by expert.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 from support.moe import CONFIGS, PROMPTS, generate, moe_reference, save_moe_checkpoint
 from support.tiny import export_tiny, transformers_greedy
 
@@ -23,7 +24,7 @@ SHAPES = dict(batch_size=3, decode_batches=[1, 2], sequence_length=64, max_conte
 def case(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     reference = save_moe_checkpoint(CONFIGS[request.param](), root / "ckpt", seed=3)
-    extra = dict(kv_buckets=[32]) if request.param == "qwen3_moe-6x3" else {}
+    extra = dict(kv_buckets=[32], chunk_buckets=[16]) if request.param == "qwen3_moe-6x3" else {}
     art = export_tiny(root / "ckpt", root / "art", **{**SHAPES, **extra})
     model = NeuronModelForCausalLM.from_pretrained(art)
     yield request.param, model, reference, art
@@ -35,6 +36,17 @@ def test_greedy_equals_transformers(case):
     assert generate(model, PROMPTS, NEW) == want, name  # full batch of 3, prompts in all three buckets
     assert generate(model, PROMPTS[1:], NEW) == want[1:], name  # the 2-row graph
     assert generate(model, PROMPTS[2:], NEW) == want[2:], name  # the 1-row graph
+
+
+@pytest.mark.parametrize("case", ["qwen3_moe-6x3"], indirect=True)
+def test_chunked_prefill_matches_transformers(case):
+    """A 50-token prompt (past max_context_length 32) through the 16-token chunk graphs: every position's logits."""
+    _, model, reference, _ = case
+    prompt = [int(x) for x in torch.randint(3, 160, (50,), generator=torch.Generator().manual_seed(2))]
+    with torch.no_grad():
+        want = reference(torch.tensor([prompt])).logits[0]
+    got = model.runtime.prefill_chunk(torch.tensor(prompt), 0, 0)
+    assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
 
 
 @pytest.mark.parametrize("case", ["qwen3_moe-8x2"], indirect=True)
