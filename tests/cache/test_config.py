@@ -23,7 +23,7 @@ Mutation = Callable[[dict[str, Any]], None]
 ROOT_FIELDS = (
     "schema_version, producer, task, model_type, architecture, checkpoint_id, checkpoint_revision, batch_size, "
     "max_batch_size, continuous_batching, sequence_length, max_context_length, context_buckets, chunk_buckets, "
-    "batch_buckets, pooling, tensor_parallel_size, torch_dtype, on_device_sampling, max_topk, speculation_length, quantization, target, "
+    "batch_buckets, pooling, tensor_parallel_size, expert_parallel_size, torch_dtype, on_device_sampling, max_topk, speculation_length, quantization, target, "
     "graphs, weights, state, metadata"
 )
 GRAPH_FIELDS = "file, sha256, role, bucket, rows, inputs, outputs, mutated_state"
@@ -154,6 +154,10 @@ MALFORMED = [
     case("rows-not-below-batch", put((*TG, "rows"), 1), "graphs.token_generation.rows",
          "field 'graphs.token_generation.rows' = 1: is not below batch_size (1). Allowed: null. "
          "Fix: a graph over every slot has rows null."),
+    case("ep-not-dividing-tp", put(("expert_parallel_size",), 3), "expert_parallel_size",
+         "field 'expert_parallel_size' = 3: must divide tensor_parallel_size (2): the ranks form expert_parallel_size "
+         "groups. Allowed: a divisor of 2. Fix: re-export with an --expert_parallel_size that divides "
+         "--tensor_parallel_size."),
     case("no-graphs", put(("graphs",), {}), "graphs",
          "field 'graphs' = {}: is empty. Allowed: at least one compiled graph."),
     # ---- unknown and missing fields ----------------------------------------------------------
@@ -166,7 +170,7 @@ MALFORMED = [
          f"are rejected so that a typo never silently falls back to a default). Allowed: {GRAPH_FIELDS}."),
     case("unknown-shard-field", put(("weights", "sharding", QKV, "split"), "qkv"), f"weights.sharding.{QKV}.split",
          "is not a field of this schema version (unknown fields are rejected so that a typo never silently falls "
-         "back to a default). Allowed: partition_dim, segments, granule, replicable, layout."),
+         "back to a default). Allowed: partition_dim, segments, granule, replicable, layout, expert_dim."),
     case("unknown-producer-field", put(("producer", "commit"), "abc123"), "producer.commit",
          "field 'producer.commit' = 'abc123': is not a field of this schema version"),
     case("missing-model-type", drop(("model_type",)), "model_type",

@@ -138,6 +138,12 @@ class ShardSpec:
                                 "partial: rank 0 holds the tensor and the others zeros (the bias of a layer whose "
                                 "partial outputs are summed across ranks)"},
     )
+    expert_dim: int | None = field(
+        default=None, metadata={"minimum": 0, "omit_default": True, "description": "the dim enumerating experts: "
+                                "with expert_parallel_size ep, rank r holds the (r // (tp / ep))-th of ep equal groups "
+                                "of experts, and of those its (r % (tp / ep))-th slice along partition_dim; absent: not "
+                                "an expert tensor"},
+    )
 
 
 @dataclass(kw_only=True, slots=True)
@@ -298,6 +304,12 @@ class NeuronConfig:
                                                "(the sentence_embedding output); null: token states only"},
     )
     tensor_parallel_size: int = field(default=1, metadata={"minimum": 1})
+    expert_parallel_size: int = field(
+        default=1, metadata={"minimum": 1, "omit_default": True,
+                             "description": "mixture of experts: the tensor-parallel ranks form this many groups, each "
+                                            "holding num_experts / expert_parallel_size whole experts (weights.sharding "
+                                            "expert_dim); divides tensor_parallel_size"},
+    )
     torch_dtype: str = field(metadata={"enum": list(DTYPES)})
     on_device_sampling: bool = False
     max_topk: int = field(default=256, metadata={"minimum": 1})
@@ -371,6 +383,13 @@ class NeuronConfig:
         else:
             self._validate_encoder()
         self._validate_rank_files()
+        if self.tensor_parallel_size % self.expert_parallel_size:
+            raise NeuronConfigError(
+                "expert_parallel_size", self.expert_parallel_size,
+                f"must divide tensor_parallel_size ({self.tensor_parallel_size}): the ranks form expert_parallel_size "
+                "groups", allowed=f"a divisor of {self.tensor_parallel_size}",
+                fix="re-export with an --expert_parallel_size that divides --tensor_parallel_size",
+            )
         for name, spec in self.weights.sharding.items():
             if spec.segments is not None and spec.partition_dim is None:
                 raise NeuronConfigError(

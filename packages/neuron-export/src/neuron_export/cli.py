@@ -73,6 +73,10 @@ def _parse_decode_batches(ctx: click.Context, param: click.Parameter, value: str
 @click.option("--tensor_parallel_size", "--tensor-parallel-size", type=click.IntRange(min=1), default=1,
               help="Ranks the model is split over: one SPMD graph set with its all-reduces inside, a weights file "
                    "per rank; from_pretrained starts the ranks (see the README, Tensor-parallel inference).")
+@click.option("--expert_parallel_size", "--expert-parallel-size", type=click.IntRange(min=1), default=1,
+              help="Mixture-of-experts models: groups of the tensor-parallel ranks that each hold num_experts / ep "
+                   "whole experts (each expert's hidden dimension split over the tp / ep ranks of its group); must "
+                   "divide --tensor_parallel_size.")
 @click.option("--torch_dtype", "--torch-dtype", type=click.Choice(("auto", *DTYPES)), default="auto",
               help="Compute dtype; 'auto' keeps the checkpoint's (float32 for GGUF).")
 @click.option("--on-device-sampling/--no-on-device-sampling", default=False,

@@ -53,16 +53,23 @@ def convert_checkpoint(
         template, fmt = _template(name)
         if template not in family.CHECKPOINT:
             raise KeyError(f"{family.__name__}.CHECKPOINT has no entry for parameter template '{template}'")
-        sources = [s.format(**fmt) for s in family.CHECKPOINT[template]]
+        plan = family.CHECKPOINT[template]
+        experts = range(model.arch.num_experts) if any("{j}" in s for s in plan) else [None]
+        # A source holding `{j}` is read once per expert: (experts, ...) stacked on a new dim 0.
+        per_expert = [[s.format(**fmt, j=j) for s in plan] for j in experts]
+        sources = [s for group in per_expert for s in group]
         absent = [s for s in sources if s not in hf_state]
         if absent:
             missing.extend(absent)
             continue
-        tensor = torch.cat([hf_state[s] for s in sources], dim=0) if len(sources) > 1 else hf_state[sources[0]]
+        fused = [torch.cat([hf_state[s] for s in group], dim=0) if len(group) > 1 else hf_state[group[0]]
+                 for group in per_expert]
+        tensor = torch.stack(fused) if experts[0] is not None else fused[0]
         expected = tuple(model.get_parameter(name).shape)
         if tuple(tensor.shape) != expected:
+            shown = sources if len(sources) <= 3 else [*sources[:3], f"... ({len(sources)} in all)"]
             raise MissingWeightsError(
-                f"checkpoint tensor(s) {sources} have shape {tuple(tensor.shape)}, but the config implies "
+                f"checkpoint tensor(s) {shown} have shape {tuple(tensor.shape)}, but the config implies "
                 f"{expected} for '{name}': the checkpoint does not match its config.json"
             )
         out[name] = tensor.detach().to(dtype).contiguous()
@@ -84,13 +91,13 @@ def sharding_plan(family: type[Llama], model: DecoderModel) -> dict[str, dict]:
         layout = rule if rule in SHARD_LAYOUTS else None
         plan[name] = {"partition_dim": dim, "segments": None if layout else family.segments(rule, model.arch),
                       "granule": family.granule(template, model.arch), "replicable": family.replicable(rule),
-                      "layout": layout}
+                      "layout": layout, "expert_dim": family.expert_dim(template)}
     return plan
 
 
 def shard(
     tensor: torch.Tensor, partition_dim: int | None, segments: list[int] | None, tp: int, granule: int | None = None,
-    layout: str | None = None, replicable: list[bool] | None = None,
+    layout: str | None = None, replicable: list[bool] | None = None, expert_dim: int | None = None, ep: int = 1,
 ) -> list[torch.Tensor]:
     """Split one parameter across `tp` ranks; each fused segment is split separately, in whole granules.
 
@@ -101,6 +108,12 @@ def shard(
     """
     if layout == "partial":
         return [tensor] + [torch.zeros_like(tensor) for _ in range(tp - 1)]
+    if expert_dim is not None and ep > 1:  # expert parallelism: group g (ranks g*tp/ep..) holds the g-th 1/ep experts
+        if tensor.shape[expert_dim] % ep or tp % ep:
+            raise ValueError(f"cannot split {tensor.shape[expert_dim]} experts into expert_parallel_size={ep} groups of "
+                             f"tensor_parallel_size={tp}; choose an --expert_parallel_size that divides both")
+        return [part for group in tensor.chunk(ep, dim=expert_dim)
+                for part in shard(group, partition_dim, segments, tp // ep, granule, layout, replicable)]
     if partition_dim is None:
         return [tensor] * tp
     if layout == "vocab":
@@ -144,11 +157,12 @@ def unshard(shards: list[torch.Tensor], partition_dim: int | None, segments: lis
     return torch.cat([torch.cat([p[j] for p in pieces], dim=partition_dim) for j in range(len(segments))], partition_dim)
 
 
-def rank_weights(tensors: dict[str, torch.Tensor], plan: dict[str, dict], tp: int, rank: int) -> dict[str, torch.Tensor]:
+def rank_weights(tensors: dict[str, torch.Tensor], plan: dict[str, dict], tp: int, rank: int,
+                 ep: int = 1) -> dict[str, torch.Tensor]:
     """`rank`'s share of every tensor the graphs bind (parameters by the plan; buffers replicated)."""
     out = {}
     for name, tensor in tensors.items():
         spec = plan.get(name, {})
         out[name] = shard(tensor, spec.get("partition_dim"), spec.get("segments"), tp, spec.get("granule"),
-                          spec.get("layout"), spec.get("replicable"))[rank].contiguous()
+                          spec.get("layout"), spec.get("replicable"), spec.get("expert_dim"), ep)[rank].contiguous()
     return out

@@ -80,6 +80,7 @@ class ExportOptions:
     kv_buckets: list[int] | None = None  # None: default_kv_buckets(sequence_length); [] for none (StaticShapes.kv_buckets)
     chunk_buckets: list[int] | None = None  # None: default_chunk_buckets(context buckets); [] for none
     tensor_parallel_size: int = 1
+    expert_parallel_size: int = 1  # mixture of experts: groups of ranks holding whole experts (models/moe.py)
     torch_dtype: str = "auto"
     on_device_sampling: bool = False
     max_topk: int = 256
@@ -179,6 +180,9 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
     target = options.target or backend.default_target
     check_target(backend, target)
     check_options(options.quantize, options.quant_group_size, backend.name, target, options.tensor_parallel_size)
+    if options.quantize and family.arch(hf_config).num_experts:
+        raise ExportError(f"--quantize {options.quantize}: {hf_config.model_type} has routed experts, which the "
+                          "quantizer does not cover (it would quantize only the router); drop --quantize")
     shapes = _shapes(options, hf_config, dtype)
     kernels = backend.choose_kernels(target, dtype, prepack_weights=options.prepack_weights,
                                      prefill_upcast=options.prefill_upcast, gemv16=options.gemv16)
@@ -234,6 +238,7 @@ def export(options: ExportOptions, log: Log = print) -> ExportResult:
             context_buckets=shapes.context_buckets,
             chunk_buckets=shapes.chunk_buckets,
             tensor_parallel_size=options.tensor_parallel_size,
+            expert_parallel_size=shapes.expert_parallel_size,
             torch_dtype=dtype,
             on_device_sampling=shapes.on_device_sampling,
             max_topk=shapes.max_topk,
@@ -282,7 +287,7 @@ def _load_checkpoint(source, hf_config, shapes: StaticShapes, options: ExportOpt
     hf_state = hf_model.state_dict() if hf_model is not None else load_state_dict(source)
     # The checkpoint converts into the whole model; with tensor parallelism the graphs are traced on rank 0's
     # share of it (each rank's share goes into its own weights file).
-    family_, full = build_decoder(hf_config, replace(shapes, tensor_parallel_size=1))
+    family_, full = build_decoder(hf_config, replace(shapes, tensor_parallel_size=1, expert_parallel_size=1))
     weights = bind_checkpoint(family_, full, hf_state)
     quantization = None if options.quantize is None else quantize_model(
         full, family_, options.quantize, options.quant_group_size, hf_config=hf_config, log=log,
@@ -443,7 +448,9 @@ def _graph_shape_fields(shapes: StaticShapes) -> dict[str, Any]:
     graph for bucket 128 is the same whichever other buckets an export asks for."""
     return {"batch_size": shapes.batch_size, "sequence_length": shapes.sequence_length, "torch_dtype": shapes.dtype,
             "on_device_sampling": shapes.on_device_sampling, "max_topk": shapes.max_topk,
-            "tensor_parallel_size": shapes.tensor_parallel_size}
+            "tensor_parallel_size": shapes.tensor_parallel_size,
+            # only when set: the keys of every graph exported before expert parallelism existed stay the same
+            **({"expert_parallel_size": shapes.expert_parallel_size} if shapes.expert_parallel_size != 1 else {})}
 
 
 def _bound_tensors(model) -> dict[str, torch.Tensor]:
@@ -464,7 +471,8 @@ def _save(tensors: dict[str, torch.Tensor], out: Path, rel: str) -> str:
 def _rank_model(hf_config, shapes: StaticShapes, tensors: dict[str, torch.Tensor], plan: dict[str, dict]):
     """Rank 0's share of the model, holding rank 0's weights: the module every rank's graphs are traced from."""
     _, model = build_decoder(hf_config, shapes)
-    model.load_state_dict(rank_weights(tensors, plan, shapes.tensor_parallel_size, 0), strict=False)
+    tp, ep = shapes.tensor_parallel_size, shapes.expert_parallel_size
+    model.load_state_dict(rank_weights(tensors, plan, tp, 0, ep) | model.rank_buffers(0), strict=False)
     return model
 
 
@@ -472,10 +480,10 @@ def _write_weights(model, tensors: dict[str, torch.Tensor], plan: dict[str, dict
                    out: Path) -> list[tuple[str, int | None]]:
     """The whole model's constants in one file; with tensor parallelism, one file per rank, cut by the sharding
     plan, plus what the model itself knows per rank (its token map)."""
-    tp = model.tp
+    tp, ep = model.tp, model.shapes.expert_parallel_size
     if tp == 1:
         return [(_save(tensors, out, f"{WEIGHTS_DIR}/model.safetensors"), None)]
-    return [(_save(rank_weights(tensors, plan, tp, rank) | model.rank_buffers(rank), out,
+    return [(_save(rank_weights(tensors, plan, tp, rank, ep) | model.rank_buffers(rank), out,
                    f"{WEIGHTS_DIR}/rank{rank}.safetensors"), rank) for rank in range(tp)]
 
 
@@ -535,12 +543,13 @@ def _shapes(options: ExportOptions, hf_config, dtype: str) -> StaticShapes:
             f"--sequence_length {options.sequence_length} exceeds the model's max_position_embeddings ({max_pos}); "
             f"use --sequence_length <= {max_pos}"
         )
-    tp = options.tensor_parallel_size
-    if tp != 1:
+    tp, ep = options.tensor_parallel_size, options.expert_parallel_size
+    if tp != 1 or ep != 1:
         try:
-            rank_arch(family_for(hf_config.model_type).arch(hf_config), tp)
+            rank_arch(family_for(hf_config.model_type).arch(hf_config), tp, ep)
         except ValueError as err:
-            raise ShapeError(f"--tensor_parallel_size {tp}: {err}") from None
+            given = f"--tensor_parallel_size {tp}" + (f" --expert_parallel_size {ep}" if ep != 1 else "")
+            raise ShapeError(f"{given}: {err}") from None
     # The artifact contract owns the shape rules; reuse them to report impossible shapes early.
     chunk_buckets = default_chunk_buckets(buckets) if options.chunk_buckets is None else list(options.chunk_buckets)
     probe = {"batch_size": options.batch_size, "max_batch_size": options.batch_size,
@@ -572,4 +581,4 @@ def _shapes(options: ExportOptions, hf_config, dtype: str) -> StaticShapes:
     return StaticShapes(batch_size=options.batch_size, sequence_length=options.sequence_length,
                         decode_batches=list(decode_batches), kv_buckets=kv_buckets, chunk_buckets=chunk_buckets,
                         context_buckets=buckets, dtype=dtype, on_device_sampling=options.on_device_sampling,
-                        max_topk=options.max_topk, tensor_parallel_size=tp)
+                        max_topk=options.max_topk, tensor_parallel_size=tp, expert_parallel_size=ep)

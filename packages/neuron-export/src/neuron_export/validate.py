@@ -38,7 +38,11 @@ def _reference_model(hf_config: Any, hf_state: Mapping[str, torch.Tensor], dtype
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    model.load_state_dict(hf_state, strict=False)
+    missing = model.load_state_dict(hf_state, strict=False).missing_keys
+    if any(".experts." in k for k in missing):
+        # Experts are saved one tensor per expert (the Hub's layout) but held fused, (experts, ...), in memory:
+        # only from_pretrained's conversion maps them (load_state_dict skips them silently).
+        model = type(model).from_pretrained(None, config=hf_config, state_dict=dict(hf_state), dtype=dtype)
     if getattr(hf_config, "tie_word_embeddings", False):
         model.tie_weights()
     return model.eval()

@@ -95,6 +95,11 @@ class Llama:
         return None
 
     @classmethod
+    def expert_dim(cls, template: str) -> int | None:
+        """The dim enumerating experts (expert parallelism splits it into groups); None: not an expert tensor."""
+        return None
+
+    @classmethod
     def replicable(cls, rule: str | None) -> list[bool] | None:
         """kv heads may be replicated over more ranks than there are of them; q heads never."""
         return [False, True, True] if rule == "qkv" else None

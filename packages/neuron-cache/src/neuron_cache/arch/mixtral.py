@@ -23,6 +23,7 @@ class Mixtral(Mistral):
     }
     SHARDING = Qwen3Moe.SHARDING
     segments = Qwen3Moe.segments
+    expert_dim = Qwen3Moe.expert_dim
 
     @classmethod
     def arch_overrides(cls, cfg: Any) -> dict[str, Any]:
@@ -31,6 +32,7 @@ class Mixtral(Mistral):
             "num_experts": cfg.num_local_experts,
             "num_experts_per_tok": cfg.num_experts_per_tok,
             "norm_topk_prob": True,
+            "routing_weights_fp32": True,
             "moe_intermediate_size": cfg.intermediate_size,
             "router_aux_loss_coef": cfg.router_aux_loss_coef if getattr(cfg, "output_router_logits", False) else 0.0,
         }

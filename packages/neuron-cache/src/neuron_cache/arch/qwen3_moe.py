@@ -45,6 +45,10 @@ class Qwen3Moe(Qwen3):
         }
 
     @classmethod
+    def expert_dim(cls, template: str) -> int | None:
+        return 0 if ".moe.experts." in template else None
+
+    @classmethod
     def segments(cls, rule: str | None, arch: Any) -> list[int] | None:
         if rule == "expert_gate_up":
             return [arch.expert_intermediate_size, arch.expert_intermediate_size]

@@ -45,6 +45,9 @@ class DecoderArch:
     norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum to 1 (mixtral always does)
     moe_intermediate_size: int | None = None  # each expert's hidden size (None: intermediate_size)
     moe_layers: list[bool] | None = None  # per layer: True = routed experts, False = dense MLP; None: all MoE
+    # mixtral scales the expert outputs by the fp32 routing weights and casts the product; qwen3_moe casts the
+    # weights to the activations' dtype first (the same in fp32, not in 16 bits)
+    routing_weights_fp32: bool = False
     router_aux_loss_coef: float = 0.0  # training: load-balancing loss weight (0: transformers adds none)
 
     def __post_init__(self) -> None:

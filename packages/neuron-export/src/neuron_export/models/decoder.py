@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuron_cache.arch.spec import DecoderArch
+from neuron_export.models.moe import MoE
 from neuron_export.models.parallel import all_reduce, gather_vocab, local_token_rows, rank_arch, vocab_shard_rows
 from neuron_export.models.sampling import sample_on_device
 from neuron_export.models.spec import StaticShapes
@@ -187,11 +188,13 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.attn = Attention(arch, shapes, layer, kv_cache)
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
-        self.mlp = MLP(arch, shapes.tensor_parallel_size)
+        # routed experts (moe.py; parameters layers.{i}.moe.*, as the checkpoint plans name them) or the dense MLP
+        self.moe = MoE(arch, shapes.tensor_parallel_size, shapes.expert_parallel_size) if arch.is_moe_layer(layer) else None
+        self.mlp = None if self.moe else MLP(arch, shapes.tensor_parallel_size)
 
     def forward(self, x: torch.Tensor, attn_fn) -> torch.Tensor:
         x = x + attn_fn(self.attn, self.input_layernorm(x)) * self.residual_multiplier
-        return x + self.mlp(self.post_attention_layernorm(x)) * self.residual_multiplier
+        return x + (self.moe or self.mlp)(self.post_attention_layernorm(x)) * self.residual_multiplier
 
 
 class DecoderModel(nn.Module):
@@ -208,7 +211,7 @@ class DecoderModel(nn.Module):
         self.kv_length: int | None = None
         # A rank's share of the model (all of it at tensor_parallel_size 1); see parallel.py.
         self.tp = tp = shapes.tensor_parallel_size
-        local = rank_arch(arch, tp)
+        local = rank_arch(arch, tp, shapes.expert_parallel_size)
         # Vocabulary-parallel embedding and head: this rank's rows plus one zero row (see parallel.py).
         rows = arch.vocab_size if tp == 1 else vocab_shard_rows(arch.vocab_size, tp) + 1
         self.embed_tokens = nn.Embedding(rows, arch.hidden_size)
@@ -391,7 +394,9 @@ class DecoderModel(nn.Module):
         """The constants only this module knows per rank (not cut from the checkpoint): the token map."""
         if self.tp == 1:
             return {}
-        return {"embed_tokens.local_ids": local_token_rows(self.arch.vocab_size, self.tp, rank)}
+        experts = {f"layers.{i}.moe.{k}": v for i, layer in enumerate(self.layers) if layer.moe
+                   for k, v in layer.moe.rank_buffers(rank).items()}  # expert parallelism: the rank's first expert
+        return {"embed_tokens.local_ids": local_token_rows(self.arch.vocab_size, self.tp, rank), **experts}
 
     def state_names(self) -> list[str]:
         return [n for n, _ in self.named_buffers() if n.endswith(("k_cache", "v_cache"))]

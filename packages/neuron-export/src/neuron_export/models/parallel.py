@@ -36,8 +36,11 @@ class TensorParallelError(ValueError):
     """A model whose shapes do not split over the requested number of ranks."""
 
 
-def rank_arch(arch: DecoderArch, tp: int) -> DecoderArch:
-    """The architecture one rank runs: its share of the heads, kv heads and intermediate size."""
+def rank_arch(arch: DecoderArch, tp: int, ep: int = 1) -> DecoderArch:
+    """The architecture one rank runs: its share of the heads, kv heads and intermediate sizes (with expert
+    parallelism ep, each expert's hidden dimension splits over the tp / ep ranks of its group; num_experts stays the
+    model's, which the replicated router scores)."""
+    check_expert_parallel(arch, tp, ep)
     if tp == 1:
         return arch
     fix = "choose a --tensor_parallel_size that divides it"
@@ -49,11 +52,42 @@ def rank_arch(arch: DecoderArch, tp: int) -> DecoderArch:
             f"num_key_value_heads={arch.num_kv_heads} and tensor_parallel_size={tp}: one must divide the other (more "
             f"ranks than kv heads replicate each kv head over tp / num_key_value_heads ranks); {fix}"
         )
-    if arch.intermediate_size % tp:
+    dense = not all(arch.is_moe_layer(i) for i in range(arch.num_layers))
+    if dense and arch.intermediate_size % tp:
         raise TensorParallelError(f"intermediate_size={arch.intermediate_size} does not split over "
                                   f"tensor_parallel_size={tp}; {fix}")
+    moe = {}
+    if arch.num_experts:
+        moe = {"moe_intermediate_size": arch.expert_intermediate_size // (tp // ep)}
     return replace(arch, num_heads=arch.num_heads // tp, num_kv_heads=max(1, arch.num_kv_heads // tp),
-                   intermediate_size=arch.intermediate_size // tp)
+                   intermediate_size=arch.intermediate_size // tp if dense else arch.intermediate_size, **moe)
+
+
+def check_expert_parallel(arch: DecoderArch, tp: int, ep: int) -> None:
+    """Expert parallelism: ep groups of tp / ep ranks, each group holding num_experts / ep whole experts."""
+    if ep == 1:
+        if arch.num_experts and arch.expert_intermediate_size % tp:
+            raise TensorParallelError(
+                f"moe_intermediate_size={arch.expert_intermediate_size} (each expert's hidden size) does not split over "
+                f"tensor_parallel_size={tp}; choose a --tensor_parallel_size that divides it, or an "
+                "--expert_parallel_size that leaves tp / ep ranks per expert"
+            )
+        return
+    if not arch.num_experts:
+        raise TensorParallelError(f"expert_parallel_size={ep}: model type {arch.model_type} has no routed experts; "
+                                  "use --expert_parallel_size 1 (the default)")
+    if ep < 1 or tp % ep:
+        raise TensorParallelError(f"expert_parallel_size={ep} must divide tensor_parallel_size={tp} (ep groups of tp / ep "
+                                  "ranks); choose a divisor of --tensor_parallel_size")
+    if arch.num_experts % ep:
+        raise TensorParallelError(f"expert_parallel_size={ep} does not divide num_experts={arch.num_experts} (every "
+                                  "group holds whole experts); choose an --expert_parallel_size that divides it")
+    if arch.expert_intermediate_size % (tp // ep):
+        raise TensorParallelError(
+            f"moe_intermediate_size={arch.expert_intermediate_size} does not split over the tp / ep = {tp // ep} ranks "
+            f"of an expert group (tensor_parallel_size={tp}, expert_parallel_size={ep}); choose sizes whose ratio "
+            "divides it"
+        )
 
 
 def vocab_shard_rows(vocab_size: int, tp: int) -> int:

@@ -27,6 +27,8 @@ class StaticShapes:
     chunk_buckets: list[int] = field(default_factory=list)
     # Ranks the graphs run on: each graph is one rank's share with its collectives inside (models/parallel.py).
     tensor_parallel_size: int = 1
+    # Of those ranks, groups that each hold num_experts / expert_parallel_size whole experts (models/moe.py).
+    expert_parallel_size: int = 1
 
     @property
     def max_context_length(self) -> int:
