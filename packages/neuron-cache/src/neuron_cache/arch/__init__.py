@@ -36,7 +36,8 @@ _REFUSED = {
               "model.language_model.* weights loaded as model.* and lm_head tied to the embeddings",
 }
 
-__all__ = ["FAMILIES", "DecoderArch", "Llama", "UnknownArchitectureError", "family_for", "supported_model_types"]
+__all__ = ["FAMILIES", "DecoderArch", "Llama", "RefusedArchitectureError", "UnknownArchitectureError", "family_for",
+           "supported_model_types"]
 
 
 class UnknownArchitectureError(KeyError):
@@ -44,6 +45,10 @@ class UnknownArchitectureError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class RefusedArchitectureError(UnknownArchitectureError):
+    """A model_type close to a supported one, refused with its own fix (the message says it all)."""
 
 
 def supported_model_types() -> list[str]:
@@ -55,7 +60,7 @@ def family_for(model_type: str) -> type[Llama]:
         return _BY_MODEL_TYPE[model_type]
     except KeyError:
         if model_type in _REFUSED:
-            raise UnknownArchitectureError(f"model_type '{model_type}': {_REFUSED[model_type]}.") from None
+            raise RefusedArchitectureError(f"model_type '{model_type}': {_REFUSED[model_type]}.") from None
         raise UnknownArchitectureError(
             f"model_type '{model_type}' has no architecture description. Supported: {', '.join(supported_model_types())}."
         ) from None
