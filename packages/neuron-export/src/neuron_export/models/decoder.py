@@ -198,12 +198,12 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.residual_multiplier = arch.residual_multiplier
         self.input_layernorm = rms_norm(arch, arch.hidden_size)
-        self.attn = Attention(arch, shapes, layer, kv_cache)
-        self.post_attention_layernorm = rms_norm(arch, arch.hidden_size)  # before the MLP
-        self.mlp = MLP(arch, shapes.tensor_parallel_size)
         # Gemma's sandwich: each block's output is normalised too before it joins the residual (Identity: no op).
         self.attn_output_norm = rms_norm(arch, arch.hidden_size) if arch.sandwich_norms else nn.Identity()
         self.mlp_output_norm = rms_norm(arch, arch.hidden_size) if arch.sandwich_norms else nn.Identity()
+        self.attn = Attention(arch, shapes, layer, kv_cache)
+        self.post_attention_layernorm = rms_norm(arch, arch.hidden_size)  # the norm before the MLP
+        self.mlp = MLP(arch, shapes.tensor_parallel_size)
 
     def forward(self, x: torch.Tensor, attn_fn) -> torch.Tensor:
         x = x + self.attn_output_norm(attn_fn(self.attn, self.input_layernorm(x))) * self.residual_multiplier
@@ -241,17 +241,15 @@ class DecoderModel(nn.Module):
         # table rope_index[i].
         self.rope_index = [arch.rope_table(i) for i in range(arch.num_layers)]
         for j in range(len(arch.rope_kinds)):
-            suffix = f"_{j}" if j else ""
-            self.register_buffer(f"rope_cos{suffix}", torch.zeros(shapes.sequence_length, rot, dtype=dtype))
-            self.register_buffer(f"rope_sin{suffix}", torch.zeros(shapes.sequence_length, rot, dtype=dtype))
+            for name in rope_names(j):
+                self.register_buffer(name, torch.zeros(shapes.sequence_length, rot, dtype=dtype))
         # transformers multiplies by sqrt(hidden_size) rounded to float32, then to the weights' dtype.
         self.embedding_normalizer = None if arch.embedding_normalizer is None else \
             torch.tensor(arch.embedding_normalizer, dtype=torch.float32, device="cpu").to(dtype).item()
 
     def rope_buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(cos, sin) tables (sequence_length, rotary_dim), in arch.rope_kinds order."""
-        return [(self.get_buffer(f"rope_cos{f'_{j}' if j else ''}"), self.get_buffer(f"rope_sin{f'_{j}' if j else ''}"))
-                for j in range(len(self.arch.rope_kinds))]
+        return [tuple(self.get_buffer(name) for name in rope_names(j)) for j in range(len(self.arch.rope_kinds))]
 
     def _rope(self, select) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every table's cos and sin at the graph's positions: `select` picks the rows of one table."""
@@ -439,6 +437,12 @@ class DecoderModel(nn.Module):
         for name, buf in self.named_buffers():
             if name.endswith(("k_cache", "v_cache")):
                 buf.zero_()
+
+
+def rope_names(table: int) -> tuple[str, str]:
+    """Buffer names of rope table `table`: the first keeps the one-table names every model had."""
+    suffix = f"_{table}" if table else ""
+    return f"rope_cos{suffix}", f"rope_sin{suffix}"
 
 
 def rope_tables(hf_config: Any, arch: DecoderArch, sequence_length: int, dtype: torch.dtype,
