@@ -37,7 +37,9 @@ def validate_with_neuron_infer(out: Path, hf_config: Any, hf_state: Mapping[str,
 def _reference_model(hf_config: Any, hf_state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    # eager: transformers' reference attention, the only one applying every feature (its sdpa ignores Gemma 2's
+    # attention soft-capping)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="eager")
     model.load_state_dict(hf_state, strict=False)
     if getattr(hf_config, "tie_word_embeddings", False):
         model.tie_weights()
