@@ -46,7 +46,7 @@ class DecoderArch:
     moe_intermediate_size: int | None = None  # each expert's hidden size (None: intermediate_size)
     moe_layers: list[bool] | None = None  # per layer: True = routed experts, False = dense MLP; None: all MoE
     router_aux_loss_coef: float = 0.0  # training: load-balancing loss weight (0: transformers adds none)
-    # Gemma 3. rms_norm_unit_offset: every RMSNorm (q/k norms too) scales by (1 + weight), multiplied in fp32 and
+    # Gemma 2 and 3. rms_norm_unit_offset: every RMSNorm (q/k norms too) scales by (1 + weight), multiplied in fp32 and
     # only then cast back (Llama casts first, then scales by the weight in its own dtype).
     rms_norm_unit_offset: bool = False
     embedding_normalizer: float | None = None  # sqrt(hidden_size), rounded to the hidden dtype first, as transformers does
