@@ -12,6 +12,7 @@ and `test_feature_changes_transformers_output` shows each feature is visible at 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,13 @@ from neuron_infer.runtime import DecoderRuntime
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
 DECODE_STEPS = 18
+# Gemma 3's two rope tables: sliding layers a local base, global layers another base with linear scaling (real
+# Gemma 3: 10k, and 1M with factor 8; smaller bases here so that both matter at 48 positions).
+GEMMA3_ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+               "full_attention": {"rope_type": "linear", "rope_theta": 1000.0, "factor": 8.0}}
+# layer 0 slides over 6 positions, layer 1 attends globally; query_pre_attn_scalar 20 != head_dim 24
+GEMMA = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+             query_pre_attn_scalar=20, sliding_window=6, layer_types=["sliding_attention", "full_attention"])
 
 
 @dataclass
@@ -45,6 +53,8 @@ class Case:
     fields: dict[str, Any]
     # config overrides that switch the case's own features off (see test_feature_changes_transformers_output)
     without: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # features no config field switches off: an in-place change of transformers' model that removes each
+    unpatched: dict[str, Callable[[torch.nn.Module], None]] = field(default_factory=dict)
 
     def config(self, **overrides: Any) -> Any:
         return getattr(transformers, self.config_class)(**{**COMMON_CONFIG, **self.fields, **overrides})
@@ -100,6 +110,38 @@ CASES = {
             "partial rotary": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
             "sliding window": dict(sliding_window=None),
         },
+    ),
+    # Gemma 3 as released: no soft-capping
+    "gemma3": Case(
+        "Gemma3TextConfig",
+        dict(**GEMMA, rope_parameters=GEMMA3_ROPE, tie_word_embeddings=True),
+        without={
+            "sliding window": dict(sliding_window=64),
+            "local rope table": dict(rope_parameters={**GEMMA3_ROPE, "sliding_attention": GEMMA3_ROPE["full_attention"]}),
+            "linear rope scaling": dict(rope_parameters={**GEMMA3_ROPE, "full_attention": {"rope_type": "default",
+                                                                                           "rope_theta": 1000.0}}),
+            "query_pre_attn_scalar": dict(query_pre_attn_scalar=24),
+        },
+        unpatched={
+            "embedding normalizer": lambda hf: hf.model.embed_tokens.embed_scale.fill_(1.0),
+            "(1 + weight) norms": lambda hf: [m.weight.sub_(1.0) for n, m in hf.named_modules() if n.endswith("norm")],
+            "sandwich norms": lambda hf: [setattr(layer, n, torch.nn.Identity()) for layer in hf.model.layers
+                                          for n in ("post_attention_layernorm", "post_feedforward_layernorm")],
+        },
+    ),
+    # attn_logit_softcapping too: transformers' Gemma 3 ignores it (test_gemma3_ignores_attn_logit_softcapping)
+    "gemma3-softcap": Case(
+        "Gemma3TextConfig",
+        dict(**GEMMA, rope_parameters=GEMMA3_ROPE, final_logit_softcapping=4.0, attn_logit_softcapping=2.0,
+             tie_word_embeddings=False),
+        without={"final_logit_softcapping": dict(final_logit_softcapping=None)},
+    ),
+    # Gemma 2: one rope table, no q/k norms, soft-capped attention scores (every graph's explicit attention path)
+    "gemma2": Case(
+        "Gemma2Config",
+        dict(**GEMMA, final_logit_softcapping=4.0, attn_logit_softcapping=2.0, tie_word_embeddings=True),
+        without={"attn_logit_softcapping": dict(attn_logit_softcapping=None),
+                 "final_logit_softcapping": dict(final_logit_softcapping=None)},
     ),
 }
 
@@ -192,7 +234,7 @@ def test_chunked_prefill_every_position(exported: Exported):
         assert_logits_close(ours[i], ref[i], f"{exported.name} chunked prefill, position {i}")
 
 
-@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.without])
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.without or c.unpatched])
 def test_feature_changes_transformers_output(name: str):
     """Each architecture feature under test changes transformers' logits well beyond the tolerance
     at the prompt lengths used here, so an implementation that ignored it would fail the tests above."""
@@ -206,6 +248,22 @@ def test_feature_changes_transformers_output(name: str):
             other.load_state_dict(hf.state_dict())
             with pytest.raises(AssertionError):
                 assert_logits_close(other(ids).logits[0], ref, f"{name} without {feature}", rtol=100 * 1e-4)
+        for feature, unpatch in case.unpatched.items():
+            other = tiny_hf_model(case.config(), seed=len(name))
+            unpatch(other)
+            with pytest.raises(AssertionError):
+                assert_logits_close(other(ids).logits[0], ref, f"{name} without {feature}", rtol=100 * 1e-4)
+
+
+def test_gemma3_ignores_attn_logit_softcapping():
+    """transformers' Gemma3Attention never passes attn_logit_softcapping to its attention functions, so the Gemma 3
+    description leaves it out (the gemma3-softcap case sets it); if transformers starts applying it, this fails."""
+    case = CASES["gemma3-softcap"]
+    hf = tiny_hf_model(case.config(), seed=1)
+    other = tiny_hf_model(case.config(attn_logit_softcapping=None), seed=1)
+    ids = torch.tensor([prompt_ids(BUCKETS[-1] - 1, COMMON_CONFIG["vocab_size"], seed=11)])
+    with torch.no_grad():
+        assert torch.equal(hf(ids).logits, other(ids).logits)
 
 
 # ---- the tests above can fail ----------------------------------------------------------------------------

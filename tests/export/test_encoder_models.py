@@ -272,3 +272,12 @@ def test_all_minilm_l6_v2_matches_sentence_transformers():
                                                              return_tensors="pt")
     got = torch.nn.functional.normalize(ours(model, dict(tokens))["sentence_embedding"], dim=-1)
     assert torch.nn.functional.cosine_similarity(got, want).min() >= 0.9999
+
+
+def test_decoder_embeddings_refuse_what_they_do_not_interpret():
+    """Gemma's decoder features live in the generation graphs only: an embedder of one is refused, naming them."""
+    config = transformers.Gemma3TextConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                           num_key_value_heads=2, head_dim=16, intermediate_size=37,
+                                           max_position_embeddings=64)
+    with pytest.raises(ValueError, match=r"gemma3_text.*sandwich_norms=True.*--task text-generation"):
+        build_encoder(config, "feature-extraction", "last_token", "float32", SEQ)

@@ -60,6 +60,21 @@ def test_unsupported_architecture_lists_supported_model_types(tmp_path: Path, co
     assert model_type in message.lower()  # names what it got: GPT2LMHeadModel / model_type 'gpt_neox'
 
 
+def test_multimodal_gemma3_is_refused_with_its_fix(tmp_path: Path):
+    """Gemma3ForConditionalGeneration (model_type gemma3): refused, pointing at its text decoder (gemma3_text)."""
+    import transformers
+
+    text = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, max_position_embeddings=64)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
+    transformers.Gemma3ForConditionalGeneration(config).save_pretrained(tmp_path / "ckpt")
+    assert_fails_with(run_cli("-m", str(tmp_path / "ckpt"), "--task", "text-generation", "--backend", "torch-export",
+                              *SHAPES, str(tmp_path / "out")),
+                      "model_type 'gemma3'", "model.language_model.", "gemma3_text", "Gemma3ForCausalLM")
+
+
 # ---- impossible shapes ------------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ def generate(model: NeuronModelForCausalLM, prompts: list[list[int]], n: int = N
     return [out[i, width:].tolist() for i in range(len(prompts))]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen3", "mistral"])
+@pytest.fixture(scope="module", params=["llama", "qwen3", "mistral", "gemma3"])
 def case(request, tp_checkpoints, tmp_path_factory):
     path, reference = tp_checkpoints[request.param]
     art = export_tp(path, tmp_path_factory.mktemp("tp2") / request.param, tp=2)

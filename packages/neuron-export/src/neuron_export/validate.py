@@ -37,12 +37,15 @@ def validate_with_neuron_infer(out: Path, hf_config: Any, hf_state: Mapping[str,
 def _reference_model(hf_config: Any, hf_state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    # eager: transformers' reference attention, the only one applying every feature (its sdpa ignores Gemma 2's
+    # attention soft-capping)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="eager")
     missing = model.load_state_dict(hf_state, strict=False).missing_keys
     if any(".experts." in k for k in missing):
         # Experts are saved one tensor per expert (the Hub's layout) but held fused, (experts, ...), in memory:
         # only from_pretrained's conversion maps them (load_state_dict skips them silently).
-        model = type(model).from_pretrained(None, config=hf_config, state_dict=dict(hf_state), dtype=dtype)
+        model = type(model).from_pretrained(None, config=hf_config, state_dict=dict(hf_state), dtype=dtype,
+                                            attn_implementation="eager")
     if getattr(hf_config, "tie_word_embeddings", False):
         model.tie_weights()
     return model.eval()

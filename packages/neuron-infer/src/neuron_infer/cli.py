@@ -32,10 +32,12 @@ def load_reference(checkpoint: str, dtype: str):
     from transformers import AutoModelForCausalLM
 
     path = Path(checkpoint).expanduser()
-    if path.suffix == ".gguf" and path.is_file():
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)  # dequantized to float32
+    # eager: transformers' reference attention, the only one applying every feature (its sdpa ignores Gemma 2's
+    # attention soft-capping)
+    if path.suffix == ".gguf" and path.is_file():  # dequantized to float32
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, attn_implementation="eager")
     elif path.is_dir():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="eager")
     else:
         raise ValueError(f"--model {checkpoint!r} is neither a checkpoint directory nor a .gguf file; give the local "
                          "checkpoint the artifact was exported from")

@@ -67,7 +67,7 @@ class Llama:
             num_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
             head_dim=head_dim,
             rms_norm_eps=cfg.rms_norm_eps,
-            hidden_act=cfg.hidden_act,
+            hidden_act=getattr(cfg, "hidden_act", "silu"),  # gemma calls it hidden_activation (its override)
             qkv_bias=getattr(cfg, "attention_bias", False),
             o_bias=getattr(cfg, "attention_bias", False),
             mlp_bias=getattr(cfg, "mlp_bias", False),

@@ -49,6 +49,16 @@ class DecoderArch:
     # weights to the activations' dtype first (the same in fp32, not in 16 bits)
     routing_weights_fp32: bool = False
     router_aux_loss_coef: float = 0.0  # training: load-balancing loss weight (0: transformers adds none)
+    # Gemma 2 and 3. rms_norm_unit_offset: every RMSNorm (q/k norms too) scales by (1 + weight), multiplied in fp32 and
+    # only then cast back (Llama casts first, then scales by the weight in its own dtype).
+    rms_norm_unit_offset: bool = False
+    embedding_normalizer: float | None = None  # sqrt(hidden_size), rounded to the hidden dtype first, as transformers does
+    sandwich_norms: bool = False  # RMSNorm on each block's output too, before it joins the residual
+    # Per layer: the rope_parameters entry its cos/sin table is built from (gemma3: "sliding_attention" with the local
+    # base, "full_attention" with the global base and scaling); None: one table, from rope_parameters itself.
+    rope_layer_types: list[str] | None = None
+    attn_logit_softcap: float | None = None  # scores -> tanh(scores / c) * c before the mask (no fused SDPA then)
+    final_logit_softcap: float | None = None  # logits -> tanh(logits / c) * c
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -78,3 +88,12 @@ class DecoderArch:
 
     def sliding_window(self, layer: int) -> int | None:
         return None if self.sliding_windows is None else self.sliding_windows[layer]
+
+    @property
+    def rope_kinds(self) -> list[str | None]:
+        """The distinct rope tables, in a fixed order (rope_parameters keys; [None]: the one table)."""
+        return [None] if self.rope_layer_types is None else sorted(set(self.rope_layer_types))
+
+    def rope_table(self, layer: int) -> int:
+        """Index in `rope_kinds` of the table `layer` rotates q and k by."""
+        return 0 if self.rope_layer_types is None else self.rope_kinds.index(self.rope_layer_types[layer])

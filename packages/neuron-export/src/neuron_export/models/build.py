@@ -26,9 +26,10 @@ def build_decoder(hf_config: Any, shapes: StaticShapes) -> tuple[type[Llama], De
     model = model.to(dtype).to_empty(device="cpu")
     if arch.tie_word_embeddings:  # to_empty gives every module its own tensor: tie again
         model.lm_head.weight = model.embed_tokens.weight
-    cos, sin = rope_tables(hf_config, arch, shapes.sequence_length, dtype)
-    model.rope_cos.copy_(cos)
-    model.rope_sin.copy_(sin)
+    for kind, (cos_table, sin_table) in zip(arch.rope_kinds, model.rope_buffers()):
+        cos, sin = rope_tables(hf_config, arch, shapes.sequence_length, dtype, kind)
+        cos_table.copy_(cos)
+        sin_table.copy_(sin)
     model.reset_state()
     model.eval()
     return family, model

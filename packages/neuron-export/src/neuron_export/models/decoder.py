@@ -34,17 +34,24 @@ ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, unit_offset: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
+        self.eps, self.unit_offset = eps, unit_offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Same order of operations as transformers: normalise in fp32, cast, then scale.
+        # Same order of operations as transformers: normalise in fp32, cast, then scale (Llama); Gemma scales by
+        # (1 + weight) in fp32 and casts last.
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.unit_offset:
+            return (x * (1.0 + self.weight.float())).to(dtype)
         return self.weight * x.to(dtype)
+
+
+def rms_norm(arch: DecoderArch, dim: int) -> RMSNorm:
+    return RMSNorm(dim, arch.rms_norm_eps, arch.rms_norm_unit_offset)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -67,8 +74,8 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(arch.hidden_size, (nh + 2 * nkv) * hd, bias=arch.qkv_bias)
         self.o_proj = nn.Linear(nh * hd, arch.hidden_size, bias=arch.o_bias)
         if arch.qk_norm:
-            self.q_norm = RMSNorm(hd, arch.rms_norm_eps)
-            self.k_norm = RMSNorm(hd, arch.rms_norm_eps)
+            self.q_norm = rms_norm(arch, hd)
+            self.k_norm = rms_norm(arch, hd)
         if not kv_cache:  # `encode` only (decoder embeddings): no cache buffers in the graph
             return
         cache_shape = (shapes.batch_size, nkv, shapes.sequence_length, hd)
@@ -99,6 +106,8 @@ class Attention(nn.Module):
         groups = a.num_heads // a.num_kv_heads
         q = q.reshape(B, a.num_kv_heads, groups * T, hd)
         scores = torch.matmul(q, k.transpose(-1, -2)) * a.scale  # (B, nkv, groups*T, S)
+        if a.attn_logit_softcap is not None:
+            scores = torch.tanh(scores / a.attn_logit_softcap) * a.attn_logit_softcap
         scores = scores.view(B, a.num_kv_heads, groups, T, -1).masked_fill(~mask[:, None, None], float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).view(B, a.num_kv_heads, groups * T, -1)
         out = torch.matmul(probs, v).view(B, a.num_heads, T, hd)
@@ -121,6 +130,8 @@ class Attention(nn.Module):
         index = (seq_id.view(1, 1, 1), kv_heads.view(1, -1, 1), pos.view(1, 1, -1))
         self.k_cache.index_put_(index, k)
         self.v_cache.index_put_(index, v)
+        if self.arch.attn_logit_softcap is not None:  # SDPA cannot cap the scores
+            return self.attend(q, k, v, mask)
         # Fused attention (the backend's flash-attention kernel: AOTInductor on CPU calls
         # _scaled_dot_product_flash_attention_for_cpu), never materialising the (heads, T, T) scores. The
         # prompt is padded at the end, so plain causal masking is exact for the real tokens; a sliding-window
@@ -145,6 +156,8 @@ class Attention(nn.Module):
         for cache, new in ((self.k_cache, k), (self.v_cache, v)):
             cache.index_put_(index, torch.where(fresh, new.index_select(2, rows), cache[index]))
         keys, values = self.k_cache.index_select(0, seq_id), self.v_cache.index_select(0, seq_id)  # (1, nkv, S, hd)
+        if self.arch.attn_logit_softcap is not None:  # SDPA cannot cap the scores
+            return self.attend(q, keys, values, mask)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None], scale=self.arch.scale,
                                              enable_gqa=True)
         out = out.transpose(1, 2).reshape(1, C, self.arch.num_heads * self.arch.head_dim)
@@ -185,16 +198,20 @@ class DecoderLayer(nn.Module):
     def __init__(self, arch: DecoderArch, shapes: StaticShapes, layer: int, kv_cache: bool = True):
         super().__init__()
         self.residual_multiplier = arch.residual_multiplier
-        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.input_layernorm = rms_norm(arch, arch.hidden_size)
+        # Gemma's sandwich: each block's output is normalised too before it joins the residual (Identity: no op).
+        self.attn_output_norm = rms_norm(arch, arch.hidden_size) if arch.sandwich_norms else nn.Identity()
+        self.mlp_output_norm = rms_norm(arch, arch.hidden_size) if arch.sandwich_norms else nn.Identity()
         self.attn = Attention(arch, shapes, layer, kv_cache)
-        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.post_attention_layernorm = rms_norm(arch, arch.hidden_size)  # the norm before the MLP
         # routed experts (moe.py; parameters layers.{i}.moe.*, as the checkpoint plans name them) or the dense MLP
         self.moe = MoE(arch, shapes.tensor_parallel_size, shapes.expert_parallel_size) if arch.is_moe_layer(layer) else None
         self.mlp = None if self.moe else MLP(arch, shapes.tensor_parallel_size)
 
     def forward(self, x: torch.Tensor, attn_fn) -> torch.Tensor:
-        x = x + attn_fn(self.attn, self.input_layernorm(x)) * self.residual_multiplier
-        return x + (self.moe or self.mlp)(self.post_attention_layernorm(x)) * self.residual_multiplier
+        x = x + self.attn_output_norm(attn_fn(self.attn, self.input_layernorm(x))) * self.residual_multiplier
+        ffn = self.moe or self.mlp
+        return x + self.mlp_output_norm(ffn(self.post_attention_layernorm(x))) * self.residual_multiplier
 
 
 class DecoderModel(nn.Module):
@@ -218,14 +235,29 @@ class DecoderModel(nn.Module):
         if tp > 1:  # token id -> row of this shard (rank 0's values here; each rank's file has its own: rank_buffers)
             self.embed_tokens.register_buffer("local_ids", local_token_rows(arch.vocab_size, tp, 0))
         self.layers = nn.ModuleList(DecoderLayer(local, shapes, i) for i in range(arch.num_layers))
-        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.norm = rms_norm(arch, arch.hidden_size)
         self.lm_head = nn.Linear(arch.hidden_size, rows, bias=False)
         if arch.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         rot = arch.rotary_dim or arch.head_dim
         dtype = getattr(torch, shapes.dtype)
-        self.register_buffer("rope_cos", torch.zeros(shapes.sequence_length, rot, dtype=dtype))
-        self.register_buffer("rope_sin", torch.zeros(shapes.sequence_length, rot, dtype=dtype))
+        # One cos/sin table pair per arch.rope_kinds (most models: one, rope_cos and rope_sin); layer i uses
+        # table rope_index[i].
+        self.rope_index = [arch.rope_table(i) for i in range(arch.num_layers)]
+        for j in range(len(arch.rope_kinds)):
+            for name in rope_names(j):
+                self.register_buffer(name, torch.zeros(shapes.sequence_length, rot, dtype=dtype))
+        # transformers multiplies by sqrt(hidden_size) rounded to float32, then to the weights' dtype.
+        self.embedding_normalizer = None if arch.embedding_normalizer is None else \
+            torch.tensor(arch.embedding_normalizer, dtype=torch.float32, device="cpu").to(dtype).item()
+
+    def rope_buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(cos, sin) tables (sequence_length, rotary_dim), in arch.rope_kinds order."""
+        return [tuple(self.get_buffer(name) for name in rope_names(j)) for j in range(len(self.arch.rope_kinds))]
+
+    def _rope(self, select) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every table's cos and sin at the graph's positions: `select` picks the rows of one table."""
+        return [(select(cos), select(sin)) for cos, sin in self.rope_buffers()]
 
     @property
     def role(self) -> str:
@@ -249,11 +281,11 @@ class DecoderModel(nn.Module):
         """input_ids (1, bucket), seq_id (1,), last_index (1,) -> logits (1, vocab) or token (1,)."""
         T = input_ids.shape[1]
         pos = torch.arange(T, device=input_ids.device)
-        cos, sin = self.rope_cos[:T][None, None], self.rope_sin[:T][None, None]
+        ropes = self._rope(lambda table: table[:T][None, None])
         masks = self._masks(pos.view(1, -1, 1), pos.view(1, 1, -1))
 
         def attn(module: Attention, h):
-            return module.context_encoding(h, cos, sin, seq_id, masks[module.layer])
+            return module.context_encoding(h, *ropes[self.rope_index[module.layer]], seq_id, masks[module.layer])
 
         hidden = self._run_layers(input_ids, attn)
         hidden = hidden.index_select(1, last_index)
@@ -276,11 +308,12 @@ class DecoderModel(nn.Module):
         first = start.clamp(max=S - C).clamp(min=0)  # the C cache positions written: first..first+C-1
         source = first + steps - start  # the chunk row each of them takes
         source = torch.where((source >= 0) & (source < C), source, -1)
-        cos, sin = self.rope_cos.index_select(0, pos)[None, None], self.rope_sin.index_select(0, pos)[None, None]
+        ropes = self._rope(lambda table: table.index_select(0, pos)[None, None])
         masks = self._masks(pos.view(1, -1, 1), torch.arange(S, device=input_ids.device).view(1, 1, -1))
 
         def attn(module: Attention, h):
-            return module.chunked_prefill(h, cos, sin, seq_id, first + steps, source, masks[module.layer])
+            return module.chunked_prefill(h, *ropes[self.rope_index[module.layer]], seq_id, first + steps, source,
+                                          masks[module.layer])
 
         return self._logits(self._run_layers(input_ids, attn)[0])
 
@@ -293,13 +326,13 @@ class DecoderModel(nn.Module):
         return self._token_generation(input_ids, positions, seq_ids, sampling_params, rand)
 
     def _token_generation(self, input_ids, positions, seq_ids, sampling_params, rand):
-        cos = self.rope_cos.index_select(0, positions)[:, None, None]
-        sin = self.rope_sin.index_select(0, positions)[:, None, None]
+        ropes = self._rope(lambda table: table.index_select(0, positions)[:, None, None])
         key_pos = torch.arange(self.kv_length or self.shapes.sequence_length, device=input_ids.device)
         masks = self._masks(positions.view(-1, 1, 1), key_pos.view(1, 1, -1))
 
         def attn(module: Attention, h):
-            return module.token_generation(h, cos, sin, positions, masks[module.layer], seq_ids)
+            return module.token_generation(h, *ropes[self.rope_index[module.layer]], positions, masks[module.layer],
+                                           seq_ids)
 
         hidden = self._run_layers(input_ids, attn)
         return self._head(hidden[:, 0], sampling_params, rand)
@@ -324,6 +357,8 @@ class DecoderModel(nn.Module):
 
     def _run_layers(self, input_ids: torch.Tensor, attn_fn) -> torch.Tensor:
         hidden = self._embed(input_ids) * self.arch.embedding_multiplier
+        if self.embedding_normalizer is not None:
+            hidden = hidden * self.embedding_normalizer
         for layer in self.layers:
             hidden = layer(hidden, attn_fn)
         return self.norm(hidden)
@@ -341,6 +376,8 @@ class DecoderModel(nn.Module):
             logits = gather_vocab(logits, self.embed_tokens.local_ids, self.tp)
         if self.arch.logits_divisor != 1.0:
             logits = logits / self.arch.logits_divisor
+        if self.arch.final_logit_softcap is not None:  # in float32 (transformers: in the weights' dtype)
+            logits = torch.tanh(logits / self.arch.final_logit_softcap) * self.arch.final_logit_softcap
         return logits
 
     # ---- export-time helpers -----------------------------------------------------------------
@@ -408,11 +445,21 @@ class DecoderModel(nn.Module):
                 buf.zero_()
 
 
-def rope_tables(hf_config: Any, arch: DecoderArch, sequence_length: int, dtype: torch.dtype):
-    """cos/sin tables (sequence_length, rotary_dim), computed exactly as transformers does."""
+def rope_names(table: int) -> tuple[str, str]:
+    """Buffer names of rope table `table`: the first keeps the one-table names every model had."""
+    suffix = f"_{table}" if table else ""
+    return f"rope_cos{suffix}", f"rope_sin{suffix}"
+
+
+def rope_tables(hf_config: Any, arch: DecoderArch, sequence_length: int, dtype: torch.dtype,
+                kind: str | None = None):
+    """cos/sin tables (sequence_length, rotary_dim), computed exactly as transformers does; `kind`: one of
+    arch.rope_kinds, the rope_parameters entry of a model with a table per layer type (None: rope_parameters)."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     params = getattr(hf_config, "rope_parameters", None) or {}
+    if kind is not None:
+        params = params[kind]
     rope_type = params.get("rope_type", "default")
     if rope_type == "default":
         rot = arch.rotary_dim or arch.head_dim
@@ -420,7 +467,7 @@ def rope_tables(hf_config: Any, arch: DecoderArch, sequence_length: int, dtype: 
         inv_freq = 1.0 / (base ** (torch.arange(0, rot, 2, dtype=torch.int64).float() / rot))
         scaling = 1.0
     else:
-        inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu")
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu", layer_type=kind)
     pos = torch.arange(sequence_length, dtype=torch.float32)
     freqs = pos[:, None] * inv_freq[None, :].float()
     emb = torch.cat((freqs, freqs), dim=-1)

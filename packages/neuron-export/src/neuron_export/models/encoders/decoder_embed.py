@@ -16,6 +16,17 @@ from neuron_export.models.decoder import DecoderLayer, RMSNorm
 from neuron_export.models.encoders.model import pool
 from neuron_export.models.spec import StaticShapes
 
+# DecoderArch fields this model does not interpret (the generation decoder does), with their default.
+UNSUPPORTED = {"rms_norm_unit_offset": False, "embedding_normalizer": None, "sandwich_norms": False,
+               "rope_layer_types": None, "attn_logit_softcap": None}
+
+
+def check_embeddable(arch: DecoderArch) -> None:
+    used = [f"{name}={getattr(arch, name)!r}" for name, default in UNSUPPORTED.items() if getattr(arch, name) != default]
+    if used:
+        raise ValueError(f"model_type '{arch.model_type}' has {', '.join(used)}, which decoder embeddings do not "
+                         "support; export it for text generation (--task text-generation) instead")
+
 
 class DecoderEmbedModel(nn.Module):
     tp = 1
@@ -24,6 +35,7 @@ class DecoderEmbedModel(nn.Module):
     def __init__(self, arch: DecoderArch, sequence_length: int, pooling: str | None = "last_token",
                  dtype: str = "float32"):
         super().__init__()
+        check_embeddable(arch)
         self.arch, self.pooling = arch, pooling
         # The layers read the shapes for tensor parallelism and the cache only; there is no cache here.
         shapes = StaticShapes(batch_size=1, sequence_length=sequence_length, context_buckets=[sequence_length],
