@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from neuron_cache.arch import DecoderArch, family_for
 from tiny import tiny_config
 
+from neuron_cache.arch import DecoderArch, family_for
 from neuron_train.models import UnsupportedArchitectureError, build_model, model_class
 from neuron_train.models.derive import check_supported
 from neuron_train.parallel.dims import ParallelDims
