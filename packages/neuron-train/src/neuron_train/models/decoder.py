@@ -7,13 +7,13 @@ the plan derived from the description (derive.py) says how each is cut out of a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig
 
+from neuron_cache.arch import DecoderArch
 from neuron_train.models.derive import derive_plan, describe
 from neuron_train.models.modules import MLP, Attention, RMSNorm, RotaryEmbedding
 from neuron_train.models.moe import MoE, load_balancing_loss
@@ -33,7 +33,7 @@ class TrainOutput:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, arch, layer: int, dims: ParallelDims, ctx: ShardContext, sp: bool) -> None:
+    def __init__(self, arch: DecoderArch, layer: int, dims: ParallelDims, ctx: ShardContext, sp: bool) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, partial_grad=sp)
         self.attn = Attention(arch, dims, ctx, sp)
@@ -54,8 +54,9 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderForTraining(nn.Module):
+    """Every neuron_cache.arch family whose DecoderArch passes derive.check_supported."""
+
     PLAN: dict[str, ParamPlan]  # set per instance: derived from the architecture description
-    supports: ClassVar[str] = "every neuron_cache.arch family whose DecoderArch passes derive.check_supported"
 
     def __init__(
         self,
