@@ -52,8 +52,13 @@ def check_supported(arch: DecoderArch) -> None:
             if not ok(value):
                 raise UnsupportedArchitectureError(f"{arch.model_type}: {f.name}={value!r} is not supported: {fix}.")
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if value != default:
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # a new required field: there is no "off" value training could assume
+            default = dataclasses.MISSING
+        if default is dataclasses.MISSING or value != default:
             raise UnsupportedArchitectureError(
                 f"{arch.model_type}: {f.name}={value!r} (default {default!r}) is a feature neuron-train does not "
                 f"implement; train a checkpoint with {f.name}={default!r}, or implement it in neuron_train.models "

@@ -119,23 +119,24 @@ def assemble(tensors: dict[str, torch.Tensor], name: str, p: ParamPlan, num_expe
 def disassemble(full: torch.Tensor, name: str, p: ParamPlan, num_experts: int = 0) -> dict[str, torch.Tensor]:
     """Inverse of `assemble`: checkpoint tensors by name."""
     names = source_names(name, p, num_experts)
-    k = len(p.sources) or 1
-    if not p.sources:
-        return {name: full}
-    per = list(full.unbind(0)) if _per_expert(p) else [full]
+    k = len(p.sources)
     out = {}
-    for e, t in enumerate(per):
-        parts = [t] if k == 1 else t.split(_source_sizes(p, t.shape[0]), dim=0)
+    for e, t in enumerate(full.unbind(0) if _per_expert(p) else [full]):
+        parts = [t] if k == 1 else t.split(_source_sizes(name, p, t.shape[0]), dim=0)
         out.update({n: x.contiguous() for n, x in zip(names[e * k:(e + 1) * k], parts)})
     return out
 
 
-def _source_sizes(p: ParamPlan, total: int) -> list[int]:
-    # Fused sources are the segments themselves (q/k/v, gate/up): the checkpoint map and the sharding plan
-    # describe the same fusion.
+def _source_sizes(name: str, p: ParamPlan, total: int) -> list[int]:
+    # Fused sources are the sharding segments themselves (q/k/v, gate/up): the checkpoint map and the
+    # sharding plan describe the same fusion, so the segment sizes split the sources apart again.
     if len(p.segments) == len(p.sources) and sum(p.segments) == total:
         return list(p.segments)
-    raise ValueError(f"sources {p.sources} of size {total} do not match the sharding segments {p.segments}.")
+    raise ValueError(
+        f"{name}: its {len(p.sources)} checkpoint sources {p.sources} cannot be split back from a tensor of size "
+        f"{total}: the SHARDING rule's segments are {p.segments}; give the rule one segment per source in the "
+        "architecture description."
+    )
 
 
 def split_segments(full: torch.Tensor, p: ParamPlan) -> list[torch.Tensor]:
