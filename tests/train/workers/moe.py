@@ -1,7 +1,7 @@
 """qwen3_moe at tp=2 against transformers' Qwen3MoeForCausalLM on the same weights (saved by save_pretrained
 and loaded through build_model, the real path).
 
-grads: one forward/backward on one batch; ours in checkpoint layout (full_hf_state_dict), transformers'
+grads: one forward/backward on one batch (with and without gradient checkpointing); ours in checkpoint layout (full_hf_state_dict), transformers'
        converted to the same per-expert layout by transformers itself (save_pretrained of its gradients).
 train: 3 AdamW steps of NeuronTrainer (batch = the whole 4-example dataset, so the order it draws examples in
        cannot matter) vs the same steps on transformers; the per-step losses include the router aux loss.
@@ -52,12 +52,15 @@ def gathered_logits(model, ids: torch.Tensor, dims: ParallelDims) -> torch.Tenso
 
 def ours(base: Path, out: Path, data, ids, labels) -> dict:
     dims = ParallelDims.build(tp=2)
-    model = build_model(base, dims, sequence_parallel=False)
-    o = model(ids, labels, attention_mask=torch.ones_like(ids))
-    loss = o.loss_sum / o.num_tokens + o.router_aux_loss
-    loss.backward()
-    sync_gradients(model, dims)
-    grads = full_hf_state_dict(model, grads=True)
+    grads = {}
+    for gc in (False, True):  # with gradient checkpointing, the router logits leave a recomputed layer
+        model = build_model(base, dims, sequence_parallel=False, gradient_checkpointing=gc)
+        model.train()
+        o = model(ids, labels, attention_mask=torch.ones_like(ids))
+        loss = o.loss_sum / o.num_tokens + o.router_aux_loss
+        loss.backward()
+        sync_gradients(model, dims)
+        grads["gc" if gc else "plain"] = full_hf_state_dict(model, grads=True)
 
     model = build_model(base, dims, sequence_parallel=False)
     args = NeuronTrainingArguments(
