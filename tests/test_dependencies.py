@@ -6,7 +6,7 @@ Design (which sibling each package may use):
     neuron-export  neuron-cache; neuron-infer only as the optional extra `validate`, imported lazily inside a
                    function guarded by `except ImportError` (validation runs in neuron-infer's runtime)
     neuron-infer   neuron-cache; neuron_export only lazily, inside a function (`export=True`)
-    neuron-train   neuron-cache (optional)
+    neuron-train   neuron-cache (the shared architecture descriptions)
     neuron-vllm    neuron-infer, neuron-cache; imports vllm but never declares it
 
 Imports are read with `ast`: module level (class bodies and `if TYPE_CHECKING:` blocks included, since
@@ -54,7 +54,7 @@ REQUIRED = {
     "neuron-cache": {"huggingface-hub", "filelock", "click"},
     "neuron-export": {"neuron-cache", "click", "torch", "transformers", "safetensors"},
     "neuron-infer": {"neuron-cache", "torch", "safetensors", "transformers"},
-    "neuron-train": {"torch", "transformers"},
+    "neuron-train": {"neuron-cache", "torch", "transformers"},
     "neuron-vllm": {"neuron-infer"},
 }
 FORBIDDEN = {  # never declared, neither in dependencies nor in any extra

@@ -17,8 +17,9 @@ _COMMON = dict(
 
 def tiny_config(model_type: str, vocab_size: int = 256):
     """llama: kv heads split over tp=2, biases, tied embeddings. qwen3: one kv head, so tp=2
-    replicates it. granite: every multiplier away from 1."""
-    from transformers import GraniteConfig, LlamaConfig, Qwen3Config
+    replicates it. granite: every multiplier away from 1. qwen3_moe: 6 experts, top-2 renormalised, the
+    load-balancing loss on (coefficient 0.1, large enough that leaving it out fails the tests), layer 1 dense."""
+    from transformers import GraniteConfig, LlamaConfig, Qwen3Config, Qwen3MoeConfig
 
     common = {**_COMMON, "vocab_size": vocab_size}
     if model_type == "llama":
@@ -29,6 +30,12 @@ def tiny_config(model_type: str, vocab_size: int = 256):
         cfg = GraniteConfig(
             **common, num_key_value_heads=2, embedding_multiplier=4.0, residual_multiplier=0.6,
             attention_multiplier=0.2, logits_scaling=3.0, tie_word_embeddings=False,
+        )
+    elif model_type == "qwen3_moe":
+        cfg = Qwen3MoeConfig(
+            **{**common, "num_hidden_layers": 3}, num_key_value_heads=2, head_dim=16, moe_intermediate_size=32,
+            num_experts=6, num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
+            output_router_logits=True, router_aux_loss_coef=0.1, tie_word_embeddings=False,
         )
     else:
         raise ValueError(model_type)

@@ -44,7 +44,7 @@ def consolidate(checkpoint_dir: str | Path, output_dir: str | Path, *, merge_lor
 
     from neuron_train.lora.adapter import LoraConfig
     from neuron_train.lora.export import merge_into, merge_lora_shards, save_peft_adapter
-    from neuron_train.models import model_class
+    from neuron_train.models import training_plan
     from neuron_train.models.convert import merge_shards
 
     if dtype is not None and dtype not in _DTYPES:
@@ -53,7 +53,7 @@ def consolidate(checkpoint_dir: str | Path, output_dir: str | Path, *, merge_lor
     out = Path(output_dir)
     meta = json.loads((ckpt / META).read_text())
     config = AutoConfig.from_pretrained(ckpt)
-    plan = model_class(config).PLAN
+    plan = training_plan(config)
     shards = [load_file(str(ckpt / model_file(r))) for r in range(meta["tp"])]
     base = [{k: v for k, v in s.items() if ".lora." not in k} for s in shards]
     lora = [{k: v for k, v in s.items() if ".lora." in k} for s in shards]

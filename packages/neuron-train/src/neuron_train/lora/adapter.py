@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from neuron_train.models.plan import ParamPlan, SplitKind, lookup, shard
+from neuron_train.models.plan import ParamPlan, SplitKind, lookup, shard, source_names
 from neuron_train.parallel.layers import ColumnParallelLinear, RowParallelLinear, mark_replicated
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -54,16 +54,18 @@ class HostInfo:
     """How a host layer's adapters shard, derived from the model's plan entry for its weight."""
 
     column: bool  # column-parallel host (plan dim 0) or row-parallel (plan dim 1)
-    segments: tuple[str, ...]  # HF module names, in fused order
+    segments: tuple[str, ...]  # HF module names (q_proj, ...), in fused order
     kinds: tuple[SplitKind, ...] = field(default=())
+    hf_modules: tuple[str, ...] = ()  # the HF module each segment adapts (model.layers.0.self_attn.q_proj)
+    sizes: tuple[int, ...] = ()  # full output sizes of the fused segments (column hosts)
 
     @classmethod
     def from_plan(cls, plan: dict[str, ParamPlan], host_name: str) -> HostInfo:
         p = lookup(plan, f"{host_name}.weight")
-        leaf = host_name.rsplit(".", 1)[-1]
-        segments = tuple(s.split(".")[0] for s in p.sources) or (leaf,)
+        hf_modules = tuple(s.rsplit(".", 1)[0] for s in source_names(f"{host_name}.weight", p))
+        segments = tuple(m.rsplit(".", 1)[-1] for m in hf_modules)
         kinds = p.kinds if len(p.kinds) == len(segments) else p.kinds * len(segments)
-        return cls(column=p.dim == 0, segments=segments, kinds=tuple(kinds))
+        return cls(column=p.dim == 0, segments=segments, kinds=tuple(kinds), hf_modules=hf_modules, sizes=p.segments)
 
     def factor_plan(self, factor: str, segment: str) -> ParamPlan:
         """Plan of lora_A / lora_B for one segment (dim None = whole on every rank)."""
@@ -116,12 +118,7 @@ def _segment_out_sizes(host: nn.Module, info: HostInfo, ctx) -> list[int]:
         return [host.out_features]
     if len(info.segments) == 1:
         return [host.local_out_features]
-    if info.segments == ("q_proj", "k_proj", "v_proj"):
-        q = ctx.num_heads * ctx.head_dim
-        kv = ctx.num_kv_heads * ctx.head_dim
-        return [ctx.local_size("q_heads", q), ctx.local_size("kv_heads", kv), ctx.local_size("kv_heads", kv)]
-    n = len(info.segments)
-    return [host.local_out_features // n] * n
+    return [ctx.local_size(k, n) for k, n in zip(info.kinds, info.sizes)]
 
 
 def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
@@ -129,6 +126,7 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
 
     Returns the host layer names that received adapters.
     """
+    _refuse_expert_targets(model, cfg)
     hosts = []
     for name, module in model.named_modules():
         if not isinstance(module, (ColumnParallelLinear, RowParallelLinear)) or name == "lm_head":
@@ -143,3 +141,17 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
         p.requires_grad_(".lora." in name)
     model.lora_config = cfg
     return hosts
+
+
+def _refuse_expert_targets(model: nn.Module, cfg: LoraConfig) -> None:
+    """Experts are stacked parameters, not linears: PEFT-style LoRA on them is not implemented, and silently
+    adapting only the dense layers' MLPs would train a different model than asked for."""
+    arch = getattr(model, "arch", None)
+    mlp = sorted(set(cfg.target_modules) & {"gate_proj", "up_proj", "down_proj"})
+    if arch is None or not arch.num_experts or not mlp:
+        return
+    moe = [i for i in range(arch.num_layers) if arch.is_moe_layer(i)]
+    raise ValueError(
+        f"target_modules={list(cfg.target_modules)} includes {mlp}, but layers {moe} of this {arch.model_type} "
+        "model are routed experts, which LoRA does not adapt; target attention only (q_proj, k_proj, v_proj, o_proj)."
+    )

@@ -9,16 +9,16 @@ import torch
 from transformers import PretrainedConfig
 
 from neuron_train.lora.adapter import HostInfo, LoraConfig
-from neuron_train.models.convert import hf_shapes, shard_context
-from neuron_train.models.plan import ParamPlan, unshard
+from neuron_train.models.convert import shard_context
+from neuron_train.models.plan import ParamPlan, full_sizes, unshard
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def peft_key(host_name: str, segment: str, factor: str) -> str:
-    parent = host_name.rsplit(".", 1)[0]
-    return f"base_model.model.{parent}.{segment}.lora_{factor}.weight"
+def peft_key(hf_module: str, factor: str) -> str:
+    """PEFT's key for a factor of the adapter on a Hugging Face module (model.layers.0.self_attn.q_proj)."""
+    return f"base_model.model.{hf_module}.lora_{factor}.weight"
 
 
 def merge_lora_shards(
@@ -26,16 +26,17 @@ def merge_lora_shards(
 ) -> dict[str, torch.Tensor]:
     """Full PEFT-keyed adapter tensors from every TP rank's `...lora.lora_{A,B}.<segment>` tensors."""
     ctx = shard_context(config, len(shards))
-    shapes = hf_shapes(config)
     out: dict[str, torch.Tensor] = {}
     for name in shards[0]:
         host, rest = name.split(".lora.", 1)
         factor, segment = rest.removeprefix("lora_").split(".", 1)
         info = HostInfo.from_plan(plan, host)
         fp = info.factor_plan(factor, segment)
-        hf_weight = f"{host.rsplit('.', 1)[0]}.{segment}.weight"
-        sizes = [shapes[hf_weight][fp.dim]] if fp.dim is not None else [0]
-        out[peft_key(host, segment, factor)] = unshard([s[name] for s in shards], fp, ctx, sizes)[0].contiguous()
+        idx = info.segments.index(segment)
+        locals_ = [s[name] for s in shards]
+        # B of a fused column host: its segment's full size; otherwise an even split of the factor.
+        sizes = [info.sizes[idx]] if info.column and info.sizes and fp.dim is not None else full_sizes(fp, locals_[0], ctx)
+        out[peft_key(info.hf_modules[idx], factor)] = unshard(locals_, fp, ctx, sizes)[0].contiguous()
     return out
 
 

@@ -8,27 +8,21 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from neuron_train.models.granite import GraniteForTraining
-from neuron_train.models.llama import LlamaForTraining, TrainOutput
-from neuron_train.models.qwen3 import Qwen3ForTraining
+from neuron_train.models.decoder import DecoderForTraining, TrainOutput
+from neuron_train.models.derive import UnsupportedArchitectureError, describe, training_plan
 from neuron_train.parallel.dims import ParallelDims
 
-MODEL_CLASSES: dict[str, type[LlamaForTraining]] = {
-    "llama": LlamaForTraining,
-    "qwen3": Qwen3ForTraining,
-    "granite": GraniteForTraining,
-}
-
-__all__ = ["MODEL_CLASSES", "TrainOutput", "build_model", "load_hf_state_dict", "model_class"]
+__all__ = [
+    "DecoderForTraining", "TrainOutput", "UnsupportedArchitectureError", "build_model", "load_hf_state_dict",
+    "model_class", "training_plan",
+]
 
 
-def model_class(config: PretrainedConfig) -> type[LlamaForTraining]:
-    try:
-        return MODEL_CLASSES[config.model_type]
-    except KeyError:
-        raise ValueError(
-            f"model_type={config.model_type!r} has no training model; supported: {sorted(MODEL_CLASSES)}."
-        ) from None
+def model_class(config: PretrainedConfig) -> type[DecoderForTraining]:
+    """The training model for `config`: one class for every described family, checked up front (an unknown
+    model_type or an unimplemented DecoderArch feature raises here, naming the field)."""
+    describe(config)
+    return DecoderForTraining
 
 
 def load_hf_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -59,7 +53,7 @@ def build_model(
     sequence_parallel: bool = False,
     gradient_checkpointing: bool = False,
     device: str | torch.device | None = None,
-) -> LlamaForTraining:
+) -> DecoderForTraining:
     """The training model for the HF checkpoint at `path`, with this rank's shards loaded.
 
     `device` defaults to this process's CUDA device under nccl, else CPU.

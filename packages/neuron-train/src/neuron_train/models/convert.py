@@ -5,23 +5,16 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers import PretrainedConfig
 
-from neuron_train.models.plan import ParamPlan, ShardContext, lookup, source_names
-from neuron_train.models.plan import unshard as unshard_plan
+from neuron_train.models.derive import describe
+from neuron_train.models.plan import ParamPlan, ShardContext, disassemble, full_sizes, lookup, unshard
 from neuron_train.parallel.dims import ParallelDims
 
 
 def shard_context(config: PretrainedConfig, tp: int) -> ShardContext:
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return ShardContext(tp, config.num_attention_heads, config.num_key_value_heads, head_dim)
-
-
-def hf_shapes(config: PretrainedConfig) -> dict[str, torch.Size]:
-    """Shapes of every tensor in the HF model, from a meta-device instance (no memory, no weights)."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return {k: v.shape for k, v in model.state_dict().items()}
+    _, arch = describe(config)
+    return ShardContext(tp, arch.num_heads, arch.num_kv_heads, arch.head_dim)
 
 
 def local_base_tensors(model: nn.Module, *, grads: bool = False) -> dict[str, torch.Tensor]:
@@ -36,16 +29,16 @@ def local_base_tensors(model: nn.Module, *, grads: bool = False) -> dict[str, to
 
 
 def merge_shards(shards: list[dict[str, torch.Tensor]], plan: dict[str, ParamPlan], config: PretrainedConfig) -> dict[str, torch.Tensor]:
-    """Full HF tensors from the per-TP-rank dicts (`shards[r]` is rank r's)."""
-    ctx = shard_context(config, len(shards))
-    shapes = hf_shapes(config)
+    """Full HF checkpoint tensors (per-expert for MoE) from the per-TP-rank dicts (`shards[r]` is rank r's)."""
+    _, arch = describe(config)
+    ctx = ShardContext(len(shards), arch.num_heads, arch.num_kv_heads, arch.head_dim)
     out: dict[str, torch.Tensor] = {}
     for name in shards[0]:
         p = lookup(plan, name)
-        srcs = source_names(name, p)
-        sizes = [shapes[s][p.dim] for s in srcs] if p.dim is not None else [0]
-        for s, t in zip(srcs, unshard_plan([sh[name] for sh in shards], p, ctx, sizes)):
-            out[s] = t.contiguous()
+        locals_ = [sh[name] for sh in shards]
+        segments = unshard(locals_, p, ctx, full_sizes(p, locals_[0], ctx))
+        full = torch.cat(segments, dim=p.dim) if len(segments) > 1 else segments[0]
+        out.update(disassemble(full, name, p, arch.num_experts))
     return out
 
 

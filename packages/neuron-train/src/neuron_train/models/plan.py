@@ -1,9 +1,11 @@
 """Per-parameter sharding plans: how a Hugging Face state dict maps onto TP shards, as data.
 
-A plan maps a training-model parameter name (layer index written `*`) to a `ParamPlan`: the
-partition dim (None = replicated), the HF tensors it is built from (several for fused tensors,
-concatenated along the partition dim), and how each of those splits. `shard` and `unshard` are the
-only functions that interpret a plan; loading and consolidation both go through them.
+A plan maps a training-model parameter name (layer index written `{i}`) to a `ParamPlan`: the
+partition dim (None = replicated), the HF checkpoint tensors it is built from (concatenated on dim 0;
+a source holding `{j}` is read per expert and the experts stacked on a new dim 0), the fused
+segments along the partition dim and how each of those splits. Plans are derived from the shared
+architecture description (derive.py); `assemble`/`disassemble` (checkpoint <-> full tensor) and
+`shard`/`unshard` (full segments <-> rank pieces) are the only functions that interpret one.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ SplitKind = Literal["even", "q_heads", "kv_heads"]
 @dataclass(frozen=True, slots=True)
 class ParamPlan:
     dim: int | None = None
-    sources: tuple[str, ...] = ()  # HF names relative to the parent module; () means the same name
-    kinds: tuple[SplitKind, ...] = ("even",)
+    sources: tuple[str, ...] = ()  # HF checkpoint name templates ({i}: layer, {j}: expert)
+    kinds: tuple[SplitKind, ...] = ("even",)  # one per segment, or one for all
+    segments: tuple[int, ...] = ()  # full sizes of the fused segments along `dim`; (): one segment
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,25 +74,82 @@ class ShardContext:
         return range(self.tp)
 
 
-_LAYER_INDEX = re.compile(r"\.\d+\.")
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 
 def plan_key(name: str) -> str:
-    return _LAYER_INDEX.sub(".*.", name, count=1)
+    return _LAYER_INDEX.sub(".{i}.", name, count=1)
+
+
+def layer_of(name: str) -> int | None:
+    found = _LAYER_INDEX.search(name)
+    return int(found.group(1)) if found else None
 
 
 def lookup(plan: dict[str, ParamPlan], name: str) -> ParamPlan:
     key = plan_key(name)
     if key not in plan:
-        raise KeyError(f"parameter {name!r} (plan key {key!r}) has no entry in the sharding plan; add one beside the model.")
+        raise KeyError(
+            f"parameter {name!r} (plan key {key!r}) has no entry in the architecture's CHECKPOINT map; add one to "
+            "its neuron_cache.arch description."
+        )
     return plan[key]
 
 
-def source_names(name: str, p: ParamPlan) -> list[str]:
-    if not p.sources:
-        return [name]
-    parent = name.rsplit(".", 2)[0]
-    return [f"{parent}.{s}" for s in p.sources]
+def _per_expert(p: ParamPlan) -> bool:
+    return any("{j}" in s for s in p.sources)
+
+
+def source_names(name: str, p: ParamPlan, num_experts: int = 0) -> list[str]:
+    """The checkpoint tensors `name` is built from, in order (expert-major for stacked experts)."""
+    i = layer_of(name)
+    experts = range(num_experts) if _per_expert(p) else [None]
+    return [s.format(i=i, j=j) for j in experts for s in p.sources]
+
+
+def assemble(tensors: dict[str, torch.Tensor], name: str, p: ParamPlan, num_experts: int = 0) -> torch.Tensor:
+    """The full (unsharded) tensor of `name` out of checkpoint tensors."""
+    names = source_names(name, p, num_experts)
+    if not _per_expert(p):
+        return torch.cat([tensors[n] for n in names]) if len(names) > 1 else tensors[names[0]]
+    k = len(p.sources)
+    return torch.stack([torch.cat([tensors[n] for n in names[e * k:(e + 1) * k]]) for e in range(num_experts)])
+
+
+def disassemble(full: torch.Tensor, name: str, p: ParamPlan, num_experts: int = 0) -> dict[str, torch.Tensor]:
+    """Inverse of `assemble`: checkpoint tensors by name."""
+    names = source_names(name, p, num_experts)
+    k = len(p.sources)
+    out = {}
+    for e, t in enumerate(full.unbind(0) if _per_expert(p) else [full]):
+        parts = [t] if k == 1 else t.split(_source_sizes(name, p, t.shape[0]), dim=0)
+        out.update({n: x.contiguous() for n, x in zip(names[e * k:(e + 1) * k], parts)})
+    return out
+
+
+def _source_sizes(name: str, p: ParamPlan, total: int) -> list[int]:
+    # Fused sources are the sharding segments themselves (q/k/v, gate/up): the checkpoint map and the
+    # sharding plan describe the same fusion, so the segment sizes split the sources apart again.
+    if len(p.segments) == len(p.sources) and sum(p.segments) == total:
+        return list(p.segments)
+    raise ValueError(
+        f"{name}: its {len(p.sources)} checkpoint sources {p.sources} cannot be split back from a tensor of size "
+        f"{total}: the SHARDING rule's segments are {p.segments}; give the rule one segment per source in the "
+        "architecture description."
+    )
+
+
+def split_segments(full: torch.Tensor, p: ParamPlan) -> list[torch.Tensor]:
+    return list(full.split(list(p.segments), dim=p.dim)) if p.segments and p.dim is not None else [full]
+
+
+def full_sizes(p: ParamPlan, local: torch.Tensor, ctx: ShardContext) -> list[int]:
+    """Full segment sizes along p.dim, for `unshard`."""
+    if p.segments:
+        return list(p.segments)
+    if p.dim is None:
+        return [0]
+    return [local.shape[p.dim] * ctx.tp]
 
 
 def shard(full: list[torch.Tensor], p: ParamPlan, ctx: ShardContext, rank: int) -> torch.Tensor:

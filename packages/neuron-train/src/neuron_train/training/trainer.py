@@ -106,13 +106,24 @@ class NeuronTrainer:
         all_reduce_(counts, dims.dp_group)
         label_tokens, tokens = counts.tolist()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        aux_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        # The router load-balancing loss is a per-batch mean (transformers adds it to each batch's loss): the
+        # step's value is its mean over micro-batches and DP ranks (DP gradients are summed).
+        aux_scale = 1.0 / (len(batches) * dims.dp)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if args.bf16 else nullcontext()
         for b in batches:
+            mask = b.get("attention_mask")
             with autocast:
-                out = self.model(b["input_ids"].to(self.device), b["labels"].to(self.device))
-            (out.loss_sum / max(label_tokens, 1.0)).backward()
+                out = self.model(b["input_ids"].to(self.device), b["labels"].to(self.device),
+                                 attention_mask=None if mask is None else mask.to(self.device))
+            loss = out.loss_sum / max(label_tokens, 1.0)
+            if out.router_aux_loss is not None:
+                loss = loss + out.router_aux_loss * aux_scale
+                aux_sum += out.router_aux_loss.detach().double() * aux_scale
+            loss.backward()
             loss_sum += out.loss_sum.detach().double()
         all_reduce_(loss_sum, dims.dp_group)
+        all_reduce_(aux_sum, dims.dp_group)
         sync_gradients(self.model, dims)
         grad_norm = clip_grad_norm_(self.params, dims, args.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
@@ -120,7 +131,8 @@ class NeuronTrainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - start
-        return {"step": self.step + 1, "loss": float(loss_sum) / max(label_tokens, 1.0), "learning_rate": lr,
+        return {"step": self.step + 1, "loss": float(loss_sum) / max(label_tokens, 1.0) + float(aux_sum),
+                "router_aux_loss": float(aux_sum), "learning_rate": lr,
                 "grad_norm": float(grad_norm), "tokens": int(tokens), "tokens_per_s": tokens / elapsed, "step_time_s": elapsed}
 
     def save_checkpoint(self) -> Path:
