@@ -22,7 +22,7 @@ _IMPLEMENTED = frozenset({
     "head_dim", "rms_norm_eps", "hidden_act", "qkv_bias", "o_bias", "mlp_bias", "qk_norm", "tie_word_embeddings",
     "attention_scale", "embedding_multiplier", "residual_multiplier", "logits_divisor",
     "num_experts", "num_experts_per_tok", "norm_topk_prob", "moe_intermediate_size", "moe_layers",
-    "router_aux_loss_coef",
+    "router_aux_loss_coef", "routing_weights_fp32",
 })
 # Fields accepted only with values that mean "the feature is off"; the message says how to turn it off.
 _CONDITIONAL: dict[str, tuple[Any, str]] = {

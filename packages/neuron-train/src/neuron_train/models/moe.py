@@ -1,7 +1,8 @@
 """Routed experts for tensor-parallel training (qwen3_moe, mixtral), and the router load-balancing loss.
 
 Routing is transformers 5.19's Qwen3MoeSparseMoeBlock: softmax in fp32, top-k, renormalised iff
-norm_topk_prob, weights cast back to the logits' dtype. Only the selected experts run for each token.
+norm_topk_prob, weights cast back to the logits' dtype (mixtral, `routing_weights_fp32`: kept in fp32, the product
+cast). Only the selected experts run for each token.
 
 Tensor parallelism: the router is replicated and sees the replicated hidden state, so every rank routes
 identically. Each expert is split by its hidden dimension like the dense MLP: a rank holds a column slice
@@ -30,6 +31,7 @@ class Router(nn.Module):
         super().__init__()
         self.weight = mark_replicated(nn.Parameter(torch.empty(arch.num_experts, arch.hidden_size)), partial_grad=False)
         self.top_k, self.norm_topk_prob = arch.num_experts_per_tok, arch.norm_topk_prob
+        self.weights_fp32 = arch.routing_weights_fp32  # mixtral scales expert outputs by fp32 weights, then casts
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = F.linear(x, self.weight)  # (N, E)
@@ -37,7 +39,7 @@ class Router(nn.Module):
         weights, experts = torch.topk(probs, self.top_k, dim=-1)  # (N, k)
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        return logits, weights.to(logits.dtype), experts
+        return logits, weights if self.weights_fp32 else weights.to(logits.dtype), experts
 
 
 class Experts(nn.Module):
