@@ -114,3 +114,20 @@ def test_save_then_load_continues_exactly(tmp_path: Path) -> None:
     assert state == {"step": 1}
     assert all(torch.equal(p, expected[n]) for n, p in restored.named_parameters())
     assert scheduler2.get_last_lr() == scheduler.get_last_lr() and random.random() == expected_draw
+
+
+def test_a_checkpoint_of_another_format_version_is_refused_by_resume_and_consolidate(tmp_path: Path, checkpoint: Path) -> None:
+    """Format 1 named parameters `model.layers.*.self_attn.*`: neither resuming nor consolidating may misread it."""
+    import json
+
+    from neuron_train.consolidate import consolidate
+
+    meta_file = checkpoint / "neuron_train.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "format_version": 1}))
+    dims, model, optimizer, scheduler = _parts(tmp_path)
+    with pytest.raises(ValueError, match="format_version=1"):
+        load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, dims=dims)
+    with pytest.raises(ValueError, match="format_version=1; this neuron-train reads format 2"):
+        consolidate(checkpoint, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -9,13 +9,12 @@ transformers auto-loads an adapter_config.json found beside the weights).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from neuron_train.training.checkpoint import META, model_file
+from neuron_train.training.checkpoint import META, model_file, read_meta
 
 _TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -51,7 +50,7 @@ def consolidate(checkpoint_dir: str | Path, output_dir: str | Path, *, merge_lor
         raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(_DTYPES)} or None (keep fp32).")
     ckpt = resolve_checkpoint(checkpoint_dir)
     out = Path(output_dir)
-    meta = json.loads((ckpt / META).read_text())
+    meta = read_meta(ckpt)
     config = AutoConfig.from_pretrained(ckpt)
     plan = training_plan(config)
     shards = [load_file(str(ckpt / model_file(r))) for r in range(meta["tp"])]

@@ -33,7 +33,22 @@ from neuron_train.parallel.dims import ParallelDims
 
 META = "neuron_train.json"
 STATE = "trainer_state.json"
-FORMAT_VERSION = 1
+# 2: parameters named as the architecture description's CHECKPOINT keys (`layers.3.attn.qkv_proj.weight`);
+# 1 (neuron-train 0.1 before the shared descriptions) used `model.layers.3.self_attn.qkv_proj.weight`.
+FORMAT_VERSION = 2
+
+
+def read_meta(path: Path) -> dict:
+    """A checkpoint's neuron_train.json, refused (with the way out) when another format version wrote it."""
+    meta = json.loads((path / META).read_text())
+    found = meta.get("format_version")
+    if found != FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {path} has format_version={found!r}; this neuron-train reads format {FORMAT_VERSION} "
+            "(its parameter names changed). Consolidate it with the neuron-train release that wrote it "
+            "(`neuron-train consolidate`) and start from that Hugging Face checkpoint."
+        )
+    return meta
 
 
 def _barrier(dims: ParallelDims) -> None:
@@ -114,7 +129,7 @@ def load_checkpoint(
     """Restore everything save_checkpoint wrote; returns the trainer state. The layout must match."""
     from safetensors.torch import load_file
 
-    meta = json.loads((path / META).read_text())
+    meta = read_meta(path)
     if meta["tp"] != dims.tp or meta["dp"] != dims.dp:
         raise ValueError(
             f"checkpoint {path} was written with tensor_parallel_size={meta['tp']} and data-parallel size "
