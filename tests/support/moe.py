@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import transformers
 
-from support.tiny import randomize_
+from support.tiny import save_tiny_checkpoint, tiny_hf_model
 
 SIZES = dict(vocab_size=160, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              head_dim=16, max_position_embeddings=128, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
@@ -39,17 +39,13 @@ PROMPTS = [[5, 9, 33, 7, 100], [11, 3, 150, 42, 8, 19, 77, 61, 2, 90, 14, 27, 6]
 
 
 def moe_reference(config: Any, seed: int = 0) -> torch.nn.Module:
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager",
-                                                          experts_implementation="eager", dtype=torch.float32)
-    randomize_(model, seed)
-    return model.eval()
+    """transformers' plain per-expert loop (its default, grouped_mm, is another kernel) as the reference."""
+    return tiny_hf_model(config, seed, experts_implementation="eager")
 
 
 def save_moe_checkpoint(config: Any, directory: Path, seed: int = 0) -> torch.nn.Module:
     """Saved in the Hub's per-expert layout (transformers 5 writes experts.{j}.gate_proj / w1 ... tensors)."""
-    model = moe_reference(config, seed)
-    model.save_pretrained(directory)
-    return model
+    return save_tiny_checkpoint(config, directory, seed, experts_implementation="eager")
 
 
 def generate(model: Any, prompts: list[list[int]], n: int) -> list[list[int]]:

@@ -55,15 +55,17 @@ def randomize_(model: torch.nn.Module, seed: int, std: float = INIT_STD) -> None
             p.copy_(1.0 + noise if "norm" in name.rsplit(".", 2)[-2] else noise)
 
 
-def tiny_hf_model(config: Any, seed: int = 0) -> torch.nn.Module:
-    """transformers' eager float32 model for `config`, with `randomize_`d weights."""
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+def tiny_hf_model(config: Any, seed: int = 0, **options: Any) -> torch.nn.Module:
+    """transformers' eager float32 model for `config`, with `randomize_`d weights (`options`: more from_config
+    arguments, e.g. experts_implementation)."""
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32,
+                                                          **options)
     randomize_(model, seed)
     return model.eval()
 
 
-def save_tiny_checkpoint(config: Any, directory: Path, seed: int = 0) -> torch.nn.Module:
-    model = tiny_hf_model(config, seed)
+def save_tiny_checkpoint(config: Any, directory: Path, seed: int = 0, **options: Any) -> torch.nn.Module:
+    model = tiny_hf_model(config, seed, **options)
     model.save_pretrained(directory)
     return model
 
