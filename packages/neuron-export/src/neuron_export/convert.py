@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
+from neuron_cache.arch.checkpoint import per_expert, source_groups
 from neuron_cache.arch.llama import Llama
 from neuron_cache.config import SHARD_LAYOUTS
 from neuron_export.errors import MissingWeightsError
@@ -54,17 +55,15 @@ def convert_checkpoint(
         if template not in family.CHECKPOINT:
             raise KeyError(f"{family.__name__}.CHECKPOINT has no entry for parameter template '{template}'")
         plan = family.CHECKPOINT[template]
-        experts = range(model.arch.num_experts) if any("{j}" in s for s in plan) else [None]
-        # A source holding `{j}` is read once per expert: (experts, ...) stacked on a new dim 0.
-        per_expert = [[s.format(**fmt, j=j) for s in plan] for j in experts]
-        sources = [s for group in per_expert for s in group]
+        groups = source_groups(plan, model.arch.num_experts, fmt.get("i"))
+        sources = [s for group in groups for s in group]
         absent = [s for s in sources if s not in hf_state]
         if absent:
             missing.extend(absent)
             continue
         fused = [torch.cat([hf_state[s] for s in group], dim=0) if len(group) > 1 else hf_state[group[0]]
-                 for group in per_expert]
-        tensor = torch.stack(fused) if experts[0] is not None else fused[0]
+                 for group in groups]
+        tensor = torch.stack(fused) if per_expert(plan) else fused[0]
         expected = tuple(model.get_parameter(name).shape)
         if tuple(tensor.shape) != expected:
             shown = sources if len(sources) <= 3 else [*sources[:3], f"... ({len(sources)} in all)"]

@@ -16,6 +16,8 @@ from typing import Literal
 
 import torch
 
+from neuron_cache.arch.checkpoint import per_expert, source_groups
+
 # even: equal contiguous chunks. q_heads: equal chunks of whole heads. kv_heads: equal chunks of
 # whole heads while tp <= kv heads, else each rank holds one kv head, replicated tp/kv times.
 SplitKind = Literal["even", "q_heads", "kv_heads"]
@@ -96,24 +98,16 @@ def lookup(plan: dict[str, ParamPlan], name: str) -> ParamPlan:
     return plan[key]
 
 
-def _per_expert(p: ParamPlan) -> bool:
-    return any("{j}" in s for s in p.sources)
-
-
 def source_names(name: str, p: ParamPlan, num_experts: int = 0) -> list[str]:
     """The checkpoint tensors `name` is built from, in order (expert-major for stacked experts)."""
-    i = layer_of(name)
-    experts = range(num_experts) if _per_expert(p) else [None]
-    return [s.format(i=i, j=j) for j in experts for s in p.sources]
+    return [s for group in source_groups(p.sources, num_experts, layer_of(name)) for s in group]
 
 
 def assemble(tensors: dict[str, torch.Tensor], name: str, p: ParamPlan, num_experts: int = 0) -> torch.Tensor:
     """The full (unsharded) tensor of `name` out of checkpoint tensors."""
-    names = source_names(name, p, num_experts)
-    if not _per_expert(p):
-        return torch.cat([tensors[n] for n in names]) if len(names) > 1 else tensors[names[0]]
-    k = len(p.sources)
-    return torch.stack([torch.cat([tensors[n] for n in names[e * k:(e + 1) * k]]) for e in range(num_experts)])
+    fused = [torch.cat([tensors[n] for n in group]) if len(group) > 1 else tensors[group[0]]
+             for group in source_groups(p.sources, num_experts, layer_of(name))]
+    return torch.stack(fused) if per_expert(p.sources) else fused[0]
 
 
 def disassemble(full: torch.Tensor, name: str, p: ParamPlan, num_experts: int = 0) -> dict[str, torch.Tensor]:
@@ -121,7 +115,7 @@ def disassemble(full: torch.Tensor, name: str, p: ParamPlan, num_experts: int = 
     names = source_names(name, p, num_experts)
     k = len(p.sources)
     out = {}
-    for e, t in enumerate(full.unbind(0) if _per_expert(p) else [full]):
+    for e, t in enumerate(full.unbind(0) if per_expert(p.sources) else [full]):
         parts = [t] if k == 1 else t.split(_source_sizes(name, p, t.shape[0]), dim=0)
         out.update({n: x.contiguous() for n, x in zip(names[e * k:(e + 1) * k], parts)})
     return out
