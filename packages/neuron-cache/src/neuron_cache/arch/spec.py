@@ -6,15 +6,17 @@ architecture is a field here, interpreted once by each side, never a per-model c
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(kw_only=True, slots=True)
 class DecoderArch:
     """Everything about a Llama-family transformer that changes the graph (not the weights).
 
-    Each architecture file builds one of these from a Hugging Face config; the modules in
-    `llama.py` read nothing else.
+    Each architecture file builds one of these from a Hugging Face config; the model modules (neuron-export's
+    static decoder, neuron-train's training modules) read nothing else.
     """
 
     model_type: str
@@ -97,3 +99,16 @@ class DecoderArch:
     def rope_table(self, layer: int) -> int:
         """Index in `rope_kinds` of the table `layer` rotates q and k by."""
         return 0 if self.rope_layer_types is None else self.rope_kinds.index(self.rope_layer_types[layer])
+
+
+def field_default(arch: DecoderArch, name: str) -> Any:
+    """The default of `arch`'s field `name` (read from its class: DecoderArch or a subclass), the value meaning
+    "this feature is off"; dataclasses.MISSING for a required field, which has none. A model that interprets only
+    some fields refuses an architecture whose other fields differ from it (neuron-train's derive.py, neuron-export's
+    decoder embeddings)."""
+    f = type(arch).__dataclass_fields__[name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING

@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any
 
 from neuron_cache.arch import DecoderArch, Llama, family_for
+from neuron_cache.arch.spec import field_default
 from neuron_train.models.plan import ParamPlan, SplitKind
 
 # DecoderArch fields the training modules interpret (any value). A field not listed here or in _CONDITIONAL
@@ -52,12 +53,7 @@ def check_supported(arch: DecoderArch) -> None:
             if not ok(value):
                 raise UnsupportedArchitectureError(f"{arch.model_type}: {f.name}={value!r} is not supported: {fix}.")
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:  # a new required field: there is no "off" value training could assume
-            default = dataclasses.MISSING
+        default = field_default(arch, f.name)  # MISSING for a new required field: no "off" value training could assume
         if default is dataclasses.MISSING or value != default:
             raise UnsupportedArchitectureError(
                 f"{arch.model_type}: {f.name}={value!r} (default {default!r}) is a feature neuron-train does not "

@@ -11,18 +11,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuron_cache.arch.spec import DecoderArch
+from neuron_cache.arch.spec import DecoderArch, field_default
 from neuron_export.models.decoder import DecoderLayer, RMSNorm
 from neuron_export.models.encoders.model import pool
 from neuron_export.models.spec import StaticShapes
 
-# DecoderArch fields this model does not interpret (the generation decoder does), with their default.
-UNSUPPORTED = {"rms_norm_unit_offset": False, "embedding_normalizer": None, "sandwich_norms": False,
-               "rope_layer_types": None, "attn_logit_softcap": None}
+# DecoderArch fields this model does not interpret (the generation decoder does): each must keep its default.
+UNSUPPORTED = ("rms_norm_unit_offset", "embedding_normalizer", "sandwich_norms", "rope_layer_types", "attn_logit_softcap")
 
 
 def check_embeddable(arch: DecoderArch) -> None:
-    used = [f"{name}={getattr(arch, name)!r}" for name, default in UNSUPPORTED.items() if getattr(arch, name) != default]
+    used = [f"{name}={getattr(arch, name)!r}" for name in UNSUPPORTED if getattr(arch, name) != field_default(arch, name)]
     if used:
         raise ValueError(f"model_type '{arch.model_type}' has {', '.join(used)}, which decoder embeddings do not "
                          "support; export it for text generation (--task text-generation) instead")
