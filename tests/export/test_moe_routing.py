@@ -113,6 +113,11 @@ def test_expert_parallel_errors():
     dense = DecoderArch(**{**{f: getattr(ARCH, f) for f in ARCH.__slots__}, "num_experts": 0, "num_experts_per_tok": 0})
     with pytest.raises(TensorParallelError, match=r"expert_parallel_size=2: model type qwen3_moe has no routed experts"):
         rank_arch(dense, 2, 2)
+    # each expert's 24 hidden rows over 16 ranks (ep 1) or over the 10 / 2 = 5 ranks of a group: neither splits evenly
+    with pytest.raises(TensorParallelError, match=r"moe_intermediate_size=24 .* tp / ep = 16 ranks"):
+        rank_arch(ARCH, 16, 1)
+    with pytest.raises(TensorParallelError, match=r"moe_intermediate_size=24 .* tp / ep = 5 ranks"):
+        rank_arch(ARCH, 10, 2)
 
 
 class _BothLayouts(torch.nn.Module):

@@ -64,29 +64,24 @@ def rank_arch(arch: DecoderArch, tp: int, ep: int = 1) -> DecoderArch:
 
 
 def check_expert_parallel(arch: DecoderArch, tp: int, ep: int) -> None:
-    """Expert parallelism: ep groups of tp / ep ranks, each group holding num_experts / ep whole experts."""
-    if ep == 1:
-        if arch.num_experts and arch.expert_intermediate_size % tp:
-            raise TensorParallelError(
-                f"moe_intermediate_size={arch.expert_intermediate_size} (each expert's hidden size) does not split over "
-                f"tensor_parallel_size={tp}; choose a --tensor_parallel_size that divides it, or an "
-                "--expert_parallel_size that leaves tp / ep ranks per expert"
-            )
-        return
-    if not arch.num_experts:
-        raise TensorParallelError(f"expert_parallel_size={ep}: model type {arch.model_type} has no routed experts; "
-                                  "use --expert_parallel_size 1 (the default)")
-    if ep < 1 or tp % ep:
-        raise TensorParallelError(f"expert_parallel_size={ep} must divide tensor_parallel_size={tp} (ep groups of tp / ep "
-                                  "ranks); choose a divisor of --tensor_parallel_size")
-    if arch.num_experts % ep:
-        raise TensorParallelError(f"expert_parallel_size={ep} does not divide num_experts={arch.num_experts} (every "
-                                  "group holds whole experts); choose an --expert_parallel_size that divides it")
-    if arch.expert_intermediate_size % (tp // ep):
+    """Expert parallelism: ep groups of tp / ep ranks, each group holding num_experts / ep whole experts, each
+    expert's hidden dimension split over its group's ranks (all tp ranks at ep 1)."""
+    if ep != 1:
+        if not arch.num_experts:
+            raise TensorParallelError(f"expert_parallel_size={ep}: model type {arch.model_type} has no routed experts; "
+                                      "use --expert_parallel_size 1 (the default)")
+        if ep < 1 or tp % ep:
+            raise TensorParallelError(f"expert_parallel_size={ep} must divide tensor_parallel_size={tp} (ep groups of "
+                                      "tp / ep ranks); choose a divisor of --tensor_parallel_size")
+        if arch.num_experts % ep:
+            raise TensorParallelError(f"expert_parallel_size={ep} does not divide num_experts={arch.num_experts} "
+                                      "(every group holds whole experts); choose an --expert_parallel_size that divides it")
+    ranks = tp // ep
+    if arch.num_experts and arch.expert_intermediate_size % ranks:
         raise TensorParallelError(
-            f"moe_intermediate_size={arch.expert_intermediate_size} does not split over the tp / ep = {tp // ep} ranks "
-            f"of an expert group (tensor_parallel_size={tp}, expert_parallel_size={ep}); choose sizes whose ratio "
-            "divides it"
+            f"moe_intermediate_size={arch.expert_intermediate_size} (each expert's hidden size) does not split over the "
+            f"tp / ep = {ranks} ranks of an expert group (tensor_parallel_size={tp}, expert_parallel_size={ep}); choose "
+            "a --tensor_parallel_size, or an --expert_parallel_size leaving fewer ranks per group, that divides it"
         )
 
 
